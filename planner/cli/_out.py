@@ -1,0 +1,29 @@
+"""Shared console helpers: rich for people, `--json` for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    """Print a pydantic model, dict or list as JSON on stdout."""
+    if hasattr(obj, "model_dump_json"):
+        sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
+    else:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+__all__ = ["console", "err_console", "print_json", "escape"]

@@ -1,0 +1,66 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+
+def add_model_arguments(p) -> None:
+    p.add_argument("--model", default=None,
+                   help="local HF checkpoint folder, cached hub id, .gguf file, or a folder with only config.json "
+                        "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code from the checkpoint to run (off by default)")
+
+
+def add_workload_arguments(p) -> None:
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per request (default 512)")
+    p.add_argument("--gen-len", type=int, default=None, help="generated tokens per request (default 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default 1)")
+    p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 1)")
+    p.add_argument("--dtype", default=None, help="serving dtype on the target GPU: fp32, bf16, fp16, fp8, int8")
+    p.add_argument("--workload", default=None, help="workload YAML/JSON file (flags override its fields)")
+
+
+def workload_from_args(args):
+    """Build a Workload from --workload FILE and the individual flags; errors name the bad value."""
+    import json
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    from planner.errors import InputError
+    from planner.workload import Workload
+
+    data: dict = {}
+    if getattr(args, "workload", None):
+        path = Path(args.workload)
+        if not path.is_file():
+            raise InputError(f"workload file {args.workload!r} does not exist")
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise InputError(f"workload file {args.workload!r} is not valid YAML/JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"workload file {args.workload!r} must hold a mapping of fields")
+    for field in ("prompt_len", "gen_len", "batch_size", "concurrency", "dtype"):
+        value = getattr(args, field, None)
+        if value is not None:
+            data[field] = value
+    try:
+        return Workload(**data)
+    except ValidationError as exc:
+        raise InputError(f"bad workload: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc) -> str:
+    """One line per pydantic error: 'field: message (got value)'."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        got = e.get("input")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}" + (f" (got {got!r})" if got is not None and e["type"] != "extra_forbidden" else ""))
+    return "; ".join(parts)

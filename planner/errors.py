@@ -1,0 +1,36 @@
+"""Errors the CLI turns into exit codes.
+
+`InputError` is bad input from the user (a path, a name, a value, a file): the CLI prints its message and exits 2.
+Its message must name the bad value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class InputError(Exception):
+    """Bad user input; exit code 2."""
+
+    exit_code = 2
+
+
+class GateFailed(Exception):
+    """A pre-launch gate that did not pass; exit code 1."""
+
+    exit_code = 1
+
+
+def did_you_mean(value: str, choices: Iterable[str], what: str) -> str:
+    """'unknown GPU 'a10'; did you mean a10g?' plus the accepted list."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
+    # a prefix match is a better hint than edit distance for short names like "a10" -> "a10g"
+    prefixed = [c for c in choices if c.startswith(value) and c not in close]
+    hints = prefixed[:2] + close
+    msg = f"unknown {what} {value!r}"
+    if hints:
+        msg += f"; did you mean {' or '.join(dict.fromkeys(hints))}?"
+    msg += f" (accepted: {', '.join(choices)})"
+    return msg

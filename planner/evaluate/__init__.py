@@ -1,0 +1,1 @@
+"""Quality evaluation: held-out perplexity and agreement with the dense teacher."""

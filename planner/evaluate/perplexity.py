@@ -1,0 +1,44 @@
+"""Held-out perplexity: exp(mean next-token NLL) over non-overlapping windows."""
+
+from __future__ import annotations
+
+import math
+
+from planner.errors import InputError
+
+
+def perplexity(model, tokenizer, text: str, seq_len: int = 512, max_tokens: int | None = 16_384,
+               batch_size: int = 4) -> dict:
+    """Perplexity of `model` on `text` in windows of `seq_len` tokens (the first token of each window is context
+    only). Returns {"ppl", "nll", "tokens", "windows", "seq_len"}; nll is the mean over predicted tokens."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    windows = len(ids) // seq_len
+    if windows < 1:
+        raise InputError(f"evaluation text has {len(ids)} tokens; need at least seq_len={seq_len}")
+    data = torch.tensor(ids[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
+    return perplexity_of_ids(model, data, batch_size)
+
+
+def perplexity_of_ids(model, data, batch_size: int = 4) -> dict:
+    """Perplexity over a (windows, seq_len) LongTensor of token ids."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    total_nll = 0.0
+    total = 0
+    with torch.inference_mode():
+        for start in range(0, data.shape[0], batch_size):
+            batch = data[start : start + batch_size].to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            target = batch[:, 1:]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
+            total_nll += float(nll)
+            total += target.numel()
+    mean = total_nll / total
+    return {"ppl": math.exp(mean), "nll": mean, "tokens": total, "windows": int(data.shape[0]),
+            "seq_len": int(data.shape[1])}

@@ -1,0 +1,29 @@
+"""Recovery as a small versioned config, as it appears in plan.json.
+
+    {"method": "distill", "max_steps": 200, "max_minutes": 8, "lr": 1e-4, "temperature": 2.0}
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RecoverySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    method: Literal["none", "lora", "distill", "finetune"] = "distill"
+    loss: Literal["kd", "lm", "kd+lm"] = "kd"  # for lora/finetune too: distillation or plain LM loss
+    temperature: float = Field(2.0, gt=0)
+    lm_loss_weight: float = Field(0.0, ge=0, le=1)  # for loss="kd+lm"
+    max_steps: int = Field(200, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(8.0, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(256, ge=8)
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: float = Field(32.0, gt=0)
+    seed: int = 0
+    text_files: list[str] = Field(default_factory=list)  # default: the bundled calibration text, never held-out
