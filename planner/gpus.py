@@ -31,6 +31,7 @@ sources:                       # field -> citation; every non-null figure needs 
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 from pathlib import Path
@@ -80,6 +81,11 @@ class Price(BaseModel):
     usd_per_hour: float = Field(gt=0, description="per GPU: instance price / GPUs in the instance")
     offering: str = Field(min_length=1, description="which public offering, e.g. 'AWS g5.xlarge, us-east-1'")
     as_of: str = Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$", description="YYYY-MM or YYYY-MM-DD")
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _date_to_text(cls, value: object) -> object:
+        return value.isoformat() if isinstance(value, datetime.date) else value  # YAML reads 2024-12-01 as a date
 
 
 class GpuSpec(BaseModel):

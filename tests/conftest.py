@@ -13,3 +13,6 @@ def embedded_path():
     from planner.models import resolve_source
 
     return resolve_source(None).path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
