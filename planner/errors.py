@@ -26,9 +26,9 @@ def did_you_mean(value: str, choices: Iterable[str], what: str) -> str:
     """'unknown GPU 'a10'; did you mean a10g?' plus the accepted list."""
     choices = sorted(set(choices))
     close = difflib.get_close_matches(value, choices, n=3, cutoff=0.5)
-    # a prefix match is a better hint than edit distance for short names like "a10" -> "a10g"
+    # after the closest spellings, a name the value starts (e.g. "h100" -> "h100-sxm")
     prefixed = [c for c in choices if c.startswith(value) and c not in close]
-    hints = prefixed[:2] + close
+    hints = (close + prefixed)[:3]
     msg = f"unknown {what} {value!r}"
     if hints:
         msg += f"; did you mean {' or '.join(dict.fromkeys(hints))}?"

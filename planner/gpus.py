@@ -154,14 +154,18 @@ class GpuSpec(BaseModel):
                 )
 
     def cited_figures(self) -> dict[str, object]:
-        """Every non-null figure that must cite a source, by field path."""
+        """Every non-null figure that must cite a source, by field path.
+
+        None for a `measured_local` spec: its figures are the profiler's measurements, and say so.
+        """
+        if self.measured_local:
+            return {}
         figures: dict[str, object] = {f: getattr(self, f) for f in _CITED_FIELDS if getattr(self, f) is not None}
         for dtype in GPU_DTYPES:
             value = getattr(self.peak_tflops, dtype)
             if value is not None:
                 figures[f"peak_tflops.{dtype}"] = value
-        if not self.measured_local:
-            figures["sparse_2to4"] = self.sparse_2to4.dtypes  # "no 2:4" is a claim too
+        figures["sparse_2to4"] = self.sparse_2to4.dtypes  # "no 2:4" is a claim too
         if self.price is not None:
             figures["price"] = self.price.usd_per_hour
         return figures
@@ -170,7 +174,7 @@ class GpuSpec(BaseModel):
 
     def peak_flops(self, dtype: str) -> float | None:
         """Dense peak in FLOP/s (int8: OP/s), or None where the GPU has no figure for `dtype`."""
-        tflops = getattr(self.peak_tflops, _check_dtype(dtype))
+        tflops = getattr(self.peak_tflops, check_dtype(dtype))
         return None if tflops is None else tflops * 1e12
 
     @property
@@ -190,7 +194,7 @@ class GpuSpec(BaseModel):
         return flops / bandwidth
 
     def sparse_2to4_for(self, dtype: str) -> bool:
-        return _check_dtype(dtype) in self.sparse_2to4.dtypes
+        return check_dtype(dtype) in self.sparse_2to4.dtypes
 
     @property
     def file(self) -> Path | None:
@@ -203,7 +207,7 @@ def normalise_name(name: str) -> str:
     return "-".join(name.strip().lower().replace("_", " ").replace("-", " ").split())
 
 
-def _check_dtype(dtype: str) -> str:
+def check_dtype(dtype: str) -> str:
     if dtype not in GPU_DTYPES:
         raise InputError(did_you_mean(dtype, GPU_DTYPES, "dtype"))
     return dtype

@@ -1,6 +1,10 @@
 """Recovery as a small versioned config, as it appears in plan.json.
 
     {"method": "distill", "max_steps": 200, "max_minutes": 8, "lr": 1e-4, "temperature": 2.0}
+
+Methods (see planner/recover/README.md): `distill` trains the decoder blocks against the dense teacher (KD loss);
+`finetune` trains every remaining weight with `loss`; `lora` trains peft LoRA adapters with `loss`, then merges them.
+The budget is whichever of max_steps / max_tokens / max_minutes runs out first.
 """
 
 from __future__ import annotations
@@ -27,3 +31,7 @@ class RecoverySpec(BaseModel):
     lora_alpha: float = Field(32.0, gt=0)
     seed: int = 0
     text_files: list[str] = Field(default_factory=list)  # default: the bundled calibration text, never held-out
+    # added by the recovery engine (all optional, defaults keep older plans valid)
+    warmup_steps: int = Field(10, ge=0)  # linear LR warm-up, then cosine decay to 10% over the budget
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    micro_batch_size: int | None = Field(None, ge=1)  # split each batch (teacher logits too) to bound memory

@@ -1,0 +1,337 @@
+"""The latency benchmark: real requests through a real runtime, dense and pruned interleaved.
+
+Each request is one `generate` call of `batch_size` prompts of exactly `prompt_len` tokens, producing exactly
+`gen_len` tokens (greedy; min_new_tokens = max_new_tokens, so an early end-of-sequence cannot shorten a variant's
+work). A streamer timestamps every token as the runtime hands it back, so the time to first token is the prefill
+plus first-token step of the very request being timed, and the time per output token is the rest divided by
+gen_len - 1. After warm-up, the variants take turns (A B A B ...) so slow drift of the machine (thermal, other
+processes) lands on all of them alike. Percentiles are computed over the recorded samples (results.percentile).
+
+Runtimes: "hf-eager" (transformers generate), "hf-compile" (generate with a static cache and torch.compile'd
+forward), "vllm" (only where vLLM is installed and a CUDA GPU is present; otherwise skipped with a reason).
+
+Peak memory: on CUDA, torch.cuda.max_memory_allocated around one request (this model's weights plus the request's
+activations and KV cache); on CPU, the peak RSS of a fresh process that loads the checkpoint and serves one
+request (in-process RSS cannot separate two resident models, and the allocator keeps freed pages).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import InputError
+
+RUNTIMES = ("hf-eager", "hf-compile", "vllm")
+
+
+@dataclass
+class BenchConfig:
+    prompt_len: int = 512
+    gen_len: int = 128
+    batch_size: int = 1
+    requests: int = 10  # timed requests per variant
+    warmup: int = 2  # untimed requests per variant first
+    runtime: str = "hf-eager"
+    dtype: str = "fp32"
+    device: str = "cpu"
+    measure_memory: bool = True
+
+    def check(self) -> None:
+        if self.runtime not in RUNTIMES:
+            from planner.errors import did_you_mean
+
+            raise InputError(did_you_mean(self.runtime, RUNTIMES, "runtime"))
+        for name in ("prompt_len", "gen_len", "batch_size", "requests"):
+            if getattr(self, name) < 1:
+                raise InputError(f"benchmark {name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise InputError(f"benchmark warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass
+class Subject:
+    """One variant to time: a loaded model (hf runtimes) and/or its checkpoint folder (vllm, memory)."""
+
+    name: str
+    model: Any
+    checkpoint: str | None = None
+
+
+class TokenClock:
+    """A generate() streamer that timestamps each put(); the first put is the prompt, then one per step."""
+
+    def __init__(self, device_type: str):
+        self.times: list[float] = []
+        self.device_type = device_type
+
+    def put(self, value) -> None:
+        # generate hands over value.cpu(), which already waited for the device; the timestamp is honest
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def prompt_ids(tokenizer, prompt_len: int, batch_size: int, vocab_size: int | None = None):
+    """(batch_size, prompt_len) token ids cut from the bundled calibration text (real text, fixed length)."""
+    import torch
+
+    from planner.data import calibration_text
+
+    ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
+    need = prompt_len * batch_size
+    if len(ids) < need:  # repeat the text for very long prompts: timing depends on length, not on content
+        ids = ids * (need // len(ids) + 1)
+    block = torch.tensor(ids[:need], dtype=torch.long).view(batch_size, prompt_len)
+    if vocab_size is not None:
+        block = block.clamp_max(vocab_size - 1)
+    return block
+
+
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def pad_id(model) -> int:
+    gen = model.generation_config
+    pad = gen.pad_token_id if gen.pad_token_id is not None else gen.eos_token_id
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0]
+    return 0 if pad is None else int(pad)
+
+
+def time_request(model, input_ids, gen_len: int) -> tuple[float, float | None, float | None]:
+    """One request: (end-to-end ms, time to first token ms, time per output token ms)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    mask = torch.ones_like(ids)
+    clock = TokenClock(device.type)
+    pad = pad_id(model)
+    _sync(device.type)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen_len, min_new_tokens=gen_len,
+                             do_sample=False, num_beams=1, streamer=clock, pad_token_id=pad,
+                             temperature=None, top_p=None, top_k=None)
+    _sync(device.type)
+    end = time.perf_counter()
+    produced = out.shape[1] - ids.shape[1]
+    if produced != gen_len:
+        raise RuntimeError(f"generate produced {produced} tokens, expected exactly {gen_len}")
+    e2e = (end - start) * 1000
+    if len(clock.times) < 2:
+        return e2e, None, None
+    first = clock.times[1]
+    ttft = (first - start) * 1000
+    tpot = (end - first) * 1000 / (gen_len - 1) if gen_len > 1 else None
+    return e2e, ttft, tpot
+
+
+def _prepare_compiled(model, config: BenchConfig):
+    import torch
+
+    # a static KV cache gives torch.compile fixed shapes to specialise on
+    model.generation_config.cache_implementation = "static"
+    model.forward = torch.compile(model.forward, dynamic=False)
+    return model
+
+
+def benchmark(subjects: list[Subject], tokenizer, config: BenchConfig, measured_on: str,
+              progress: bool = True) -> dict[str, dict]:
+    """Time every subject; returns name -> fields of results.Latency (samples, memory, runtime...)."""
+    config.check()
+    if config.runtime == "vllm":
+        return benchmark_vllm(subjects, tokenizer, config, measured_on, progress)
+    vocab = min(getattr(s.model.config, "vocab_size", 1 << 30) for s in subjects)
+    ids = prompt_ids(tokenizer, config.prompt_len, config.batch_size, vocab)
+    for s in subjects:
+        limit = getattr(s.model.config, "max_position_embeddings", None)
+        if limit is not None and config.prompt_len + config.gen_len > limit:
+            raise InputError(f"prompt_len {config.prompt_len} + gen_len {config.gen_len} exceeds the model's "
+                             f"max_position_embeddings {limit}; choose a shorter workload")
+        if config.runtime == "hf-compile":
+            _prepare_compiled(s.model, config)
+    samples = {s.name: {"e2e": [], "ttft": [], "tpot": []} for s in subjects}
+    total = (config.warmup + config.requests) * len(subjects)
+    bar = _progress(total, "latency", progress)
+    try:
+        for _ in range(config.warmup):
+            for s in subjects:
+                time_request(s.model, ids, config.gen_len)
+                bar.update(1)
+        for _ in range(config.requests):
+            for s in subjects:  # A B A B: drift of the machine lands on every variant alike
+                e2e, ttft, tpot = time_request(s.model, ids, config.gen_len)
+                rec = samples[s.name]
+                rec["e2e"].append(e2e)
+                if ttft is not None:
+                    rec["ttft"].append(ttft)
+                if tpot is not None:
+                    rec["tpot"].append(tpot)
+                bar.update(1)
+    finally:
+        bar.close()
+    out = {}
+    for s in subjects:
+        memory, kind = (None, None)
+        if config.measure_memory:
+            memory, kind = peak_memory(s, ids, config)
+        rec = samples[s.name]
+        out[s.name] = dict(measured_on=measured_on, runtime=config.runtime, dtype=config.dtype,
+                           prompt_len=config.prompt_len, gen_len=config.gen_len, batch_size=config.batch_size,
+                           warmup=config.warmup, samples_ms=rec["e2e"], ttft_samples_ms=rec["ttft"],
+                           tpot_samples_ms=rec["tpot"], peak_memory_bytes=memory, peak_memory_kind=kind)
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+# -- peak memory ----------------------------------------------------------------------------------------------
+
+
+def weights_bytes(model) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def peak_memory(subject: Subject, ids, config: BenchConfig) -> tuple[int | None, str | None]:
+    device = next(subject.model.parameters()).device
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        time_request(subject.model, ids, config.gen_len)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(device)
+        # the other variants' weights are resident too: count this model's weights plus what the request added
+        return weights_bytes(subject.model) + max(0, peak - base), "cuda-max-allocated"
+    if subject.checkpoint is None:
+        return None, None
+    return peak_rss_subprocess(subject.checkpoint, config, ids, pad_id(subject.model)), "process-peak-rss"
+
+
+_RSS_SCRIPT = r"""
+import json, sys, threading, time
+import psutil, torch
+from transformers import AutoModelForCausalLM
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(cfg["threads"])
+model = AutoModelForCausalLM.from_pretrained(cfg["checkpoint"], dtype=getattr(torch, cfg["dtype"])).eval()
+ids = torch.tensor(cfg["ids"], dtype=torch.long)
+proc = psutil.Process()
+peak = [proc.memory_info().rss]
+done = threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        time.sleep(0.002)
+t = threading.Thread(target=sample, daemon=True)
+t.start()
+with torch.inference_mode():
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg["gen_len"],
+                   min_new_tokens=cfg["gen_len"], do_sample=False, pad_token_id=cfg["pad"],
+                   temperature=None, top_p=None, top_k=None)
+peak[0] = max(peak[0], proc.memory_info().rss)
+done.set()
+t.join()
+print("PEAK_RSS", peak[0])
+"""
+
+
+def peak_rss_subprocess(checkpoint: str, config: BenchConfig, ids=None, pad: int = 0) -> int | None:
+    """Peak RSS (bytes) of a fresh Python process that loads `checkpoint` and serves one request of the workload's
+    shape. It includes the interpreter and torch themselves, identically for every variant."""
+    import torch
+
+    from planner.models import TORCH_DTYPES
+
+    if ids is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(checkpoint)
+        ids = prompt_ids(tok, config.prompt_len, config.batch_size)
+    cfg = {"checkpoint": str(checkpoint), "dtype": TORCH_DTYPES[config.dtype], "ids": ids.tolist(),
+           "gen_len": config.gen_len, "pad": pad, "threads": torch.get_num_threads()}
+    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, json.dumps(cfg)], capture_output=True, text=True,
+                          timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEAK_RSS "):
+            return int(line.split()[1])
+    raise RuntimeError(f"memory probe of {checkpoint} failed: {proc.stderr.strip()[-2000:]}")
+
+
+# -- vLLM (optional) ----------------------------------------------------------------------------------------
+
+
+def vllm_unavailable_reason() -> str | None:
+    """None when vLLM can run here; otherwise why not (not installed, no CUDA GPU)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (pip install 'planner[vllm]')"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA GPU and none is visible"
+    return None
+
+
+def benchmark_vllm(subjects: list[Subject], tokenizer, config: BenchConfig, measured_on: str,
+                   progress: bool = True) -> dict[str, dict]:
+    """Serve each exported checkpoint through vLLM's offline engine; the same request shape, interleaved."""
+    reason = vllm_unavailable_reason()
+    if reason:
+        raise InputError(f"runtime 'vllm' is not available: {reason}; use --runtime hf-eager")
+    from vllm import LLM, SamplingParams
+
+    ids = prompt_ids(tokenizer, config.prompt_len, config.batch_size)
+    prompts = [{"prompt_token_ids": row} for row in ids.tolist()]
+    params = SamplingParams(max_tokens=config.gen_len, min_tokens=config.gen_len, temperature=0.0, ignore_eos=True)
+    share = 0.85 / len(subjects)  # every engine stays resident so that requests can alternate
+    engines = {}
+    for s in subjects:
+        if s.checkpoint is None:
+            raise InputError(f"variant {s.name!r} has no checkpoint folder for vLLM to load")
+        engines[s.name] = LLM(model=s.checkpoint, dtype={"fp32": "float32", "bf16": "bfloat16",
+                                                         "fp16": "float16"}.get(config.dtype, "auto"),
+                              gpu_memory_utilization=share, max_model_len=config.prompt_len + config.gen_len,
+                              enforce_eager=False)
+    samples = {s.name: [] for s in subjects}
+    bar = _progress((config.warmup + config.requests) * len(subjects), "latency (vllm)", progress)
+    for i in range(config.warmup + config.requests):
+        for s in subjects:
+            start = time.perf_counter()
+            outs = engines[s.name].generate(prompts, params, use_tqdm=False)
+            e2e = (time.perf_counter() - start) * 1000
+            if any(len(o.outputs[0].token_ids) != config.gen_len for o in outs):
+                raise RuntimeError(f"vLLM produced a length other than gen_len={config.gen_len}")
+            if i >= config.warmup:
+                samples[s.name].append(e2e)
+            bar.update(1)
+    bar.close()
+    # vLLM's per-request first-token timestamps are not a stable public API across versions: only end-to-end here
+    return {s.name: dict(measured_on=measured_on, runtime="vllm", dtype=config.dtype, prompt_len=config.prompt_len,
+                         gen_len=config.gen_len, batch_size=config.batch_size, warmup=config.warmup,
+                         samples_ms=samples[s.name]) for s in subjects}

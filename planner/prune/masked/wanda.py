@@ -1,0 +1,15 @@
+"""Wanda: pruning by weights and activations (Sun, Liu, Bair, Kolter 2023, "A Simple and Effective Pruning
+Approach for Large Language Models", https://arxiv.org/abs/2306.11695).
+
+    {"kind": "nm", "n": 2, "m": 4, "criterion": "wanda"}
+
+Saliency S_ij = |W_ij| * ||X_j||_2, with X_j the j-th input feature over all calibration tokens; weights are
+compared within each output row (unstructured) or within each group of M inputs (N:M). No weight update.
+"""
+
+from __future__ import annotations
+
+
+def wanda_scores(weight, input_sq_sum):
+    """|W_ij| * ||X_j||_2 for a weight in (out, in) layout; `input_sq_sum[j]` = sum over tokens of X_j^2."""
+    return weight.detach().float().abs() * input_sq_sum.float().sqrt().view(1, -1)

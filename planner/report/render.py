@@ -1,0 +1,81 @@
+"""Render results.json (and, when present, profile.json and plan.json) into one self-contained HTML page.
+
+    render_report("runs/plan-1a2b/results.json", "report.html")            # profile/plan found beside it
+    render_report(results, "report.html", profile=profile, plan=plan)     # documents or their paths
+
+The page works offline: CSS inline, charts inline SVG, no script, no web font. Jinja2 autoescaping is on: model
+names, prompts and paths are user data and appear as text.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.report import sections
+
+TEMPLATE = "report.html.j2"
+
+
+def _environment():
+    import jinja2
+
+    from planner.paths import templates_dir
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,  # every template, whatever its extension: user data is never markup
+        undefined=jinja2.StrictUndefined,  # a misspelled field is an error, not an empty cell
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(sections.FILTERS)
+    return env
+
+
+def _load_results(results):
+    from planner.run.results import Results, load_results
+
+    if isinstance(results, Results):
+        return results, None
+    if isinstance(results, (str, Path)):
+        return load_results(results), Path(results)
+    if isinstance(results, dict):
+        return Results.model_validate(results), None
+    raise InputError(f"results must be a Results document or a path to results.json, got {type(results).__name__}")
+
+
+def find_beside(results_path: Path | None, name: str) -> Path | None:
+    """profile.json / plan.json in the run folder of results.json, if there."""
+    if results_path is None:
+        return None
+    candidate = results_path.parent / name
+    return candidate if candidate.is_file() else None
+
+
+def render_html(results, profile=None, plan=None) -> str:
+    """The report as an HTML string. `profile` and `plan` may be documents, paths, or None ("not available")."""
+    results, results_path = _load_results(results)
+    if profile is None:
+        profile = find_beside(results_path, "profile.json")
+    if plan is None:
+        plan = find_beside(results_path, "plan.json")
+    context = sections.build_context(results, sections.load_profile(profile), sections.load_plan(plan))
+    context["generated_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _environment().get_template(TEMPLATE).render(**context)
+
+
+def render_report(results, out_path: str | Path, profile=None, plan=None) -> Path:
+    """Write the report to `out_path` (atomically) and return the path."""
+    from planner.run.results import write_atomic
+
+    out = Path(out_path)
+    if out.is_dir():
+        raise InputError(f"report output {str(out)!r} is a folder; give a file path such as report.html")
+    html = render_html(results, profile=profile, plan=plan)
+    return write_atomic(out, html)
+
+
+__all__ = ["render_report", "render_html", "find_beside"]
+

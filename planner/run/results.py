@@ -1,0 +1,440 @@
+"""results.json: what `plan run` measured, dense and pruned side by side, with where every figure came from.
+
+The document is versioned and strict (`extra="forbid"`): a mistyped or hand-added key fails at load time, naming it.
+Recorded samples are the one source of truth for latency; the percentiles (`p95_ms`, `ttft_p50_ms`, ...) and the
+measured speedups are computed from them and written beside them for readers of the JSON. On load they are
+recomputed and checked, so a hand-edited percentile is an error instead of a silent lie.
+
+    results = load_results("runs/plan-1a2b3c/results.json")
+    dense, pruned = results.variant("dense"), results.variants[1]
+    pruned.latency.p95_ms / dense.latency.p95_ms      # measured on results.provenance.device.label
+    pruned.quality.heldout_ppl, pruned.quality.slices["code"].kl
+    results.speedups[0].predicted, results.speedups[0].measured
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
+
+from planner.errors import InputError
+from planner.prune.specs import PruneSpec
+from planner.recover.specs import RecoverySpec
+from planner.workload import Workload
+
+SCHEMA_VERSION = 1
+
+# goal -> (latency/size field it is judged on, True when lower is better). Speedup is always "x times better".
+GOAL_METRICS: dict[str, tuple[str, bool]] = {
+    "p50-latency": ("p50_ms", True),
+    "p95-latency": ("p95_ms", True),
+    "p99-latency": ("p99_ms", True),
+    "ttft": ("ttft_p50_ms", True),
+    "tpot": ("tpot_p50_ms", True),
+    "throughput": ("tokens_per_s", False),
+    "cost-per-token": ("tokens_per_s", False),  # same GPU, same price: cost per token is 1 / throughput
+    "peak-memory": ("peak_memory_bytes", True),
+    "checkpoint-size": ("file_bytes", True),
+}
+
+
+def percentile(samples: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) of recorded samples, linear interpolation (numpy's default)."""
+    if not samples:
+        return None
+    import numpy as np
+
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q, method="linear"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values, floats within rounding."""
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_derived(cls, data: Any, handler):
+        # derived figures are written for readers; on load they are recomputed and must agree with the samples
+        given: dict[str, Any] = {}
+        if isinstance(data, dict):
+            derived = set(cls.model_computed_fields)
+            given = {k: v for k, v in data.items() if k in derived}
+            data = {k: v for k, v in data.items() if k not in derived}
+        obj = handler(data)
+        for key, value in given.items():
+            computed = getattr(obj, key)
+            if not _same(value, computed):
+                raise ValueError(f"{key} = {value!r} does not match the value computed from the recorded data "
+                                 f"({computed!r}); was the file edited by hand?")
+        return obj
+
+
+# -- provenance ------------------------------------------------------------------------------------------------
+
+
+class DeviceInfo(_Doc):
+    """The machine the figures were measured on."""
+
+    kind: Literal["cpu", "cuda"]
+    name: str  # CPU model name, or CUDA device name
+    cpu_name: str | None = None
+    cpu_cores: int | None = None
+    torch_threads: int | None = None
+    memory_bytes: int | None = None  # host RAM, or GPU memory for cuda
+    cuda_version: str | None = None
+    driver_version: str | None = None
+    compute_capability: str | None = None
+    nvml: dict[str, Any] = Field(default_factory=dict)  # clocks, power limit, ... where NVML answers
+    os: str = ""
+    python: str = ""
+
+    @computed_field
+    @property
+    def label(self) -> str:
+        """'measured on <label>'."""
+        if self.kind == "cuda":
+            return self.name
+        threads = f", {self.torch_threads} threads" if self.torch_threads else ""
+        return f"CPU {self.name}{threads}"
+
+
+class Provenance(_Doc):
+    planner_version: str
+    packages: dict[str, str] = Field(default_factory=dict)  # torch, transformers, ... -> version
+    device: DeviceInfo
+    input_hashes: dict[str, str] = Field(default_factory=dict)  # plan, model, eval_text, eval_prompts -> sha256
+    started_at: str  # ISO 8601, UTC
+    finished_at: str | None = None
+    run_dir: str
+    command: str | None = None
+
+
+# -- the plan that was run ---------------------------------------------------------------------------------
+
+
+class CandidateSummary(_Doc):
+    """One candidate of the plan as it was run; predictions are *projected to* `projected_to`."""
+
+    rank: int  # position in the plan, 1 = top
+    name: str
+    prune: PruneSpec
+    recovery: RecoverySpec | None = None
+    projected_to: str  # target GPU id of the plan's roofline model
+    predicted_speedup: float | None = None  # of the goal metric, x times better than dense
+    predicted: dict[str, float | None] = Field(default_factory=dict)  # other predicted metrics, by name
+
+
+class PlanSummary(_Doc):
+    path: str
+    goal: str
+    gpu: str  # target GPU id
+    model: str  # what --model named ("" = the embedded default) and its display name
+    workload: Workload
+    candidates: list[CandidateSummary] = Field(default_factory=list)
+
+
+# -- one variant: dense or pruned ---------------------------------------------------------------------------
+
+
+class Size(_Doc):
+    parameters: int
+    nonzero_parameters: int | None = None
+    file_bytes: int | None = None  # safetensors bytes of the (exported) checkpoint
+    achieved_sparsity: float | None = None  # masked kinds: zeros / weights over the pruned linears
+    pattern: str = "dense"  # "dense", "unstructured", "2:4", "mlp_channels", "heads", "layers"
+    shape: dict[str, int] = Field(default_factory=dict)  # num_layers, intermediate_size, num_heads, num_kv_heads
+
+
+class PruningInfo(_Doc):
+    spec: PruneSpec
+    params_before: int
+    params_after: int
+    achieved_sparsity: float | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class LossPoint(_Doc):
+    step: int
+    loss: float
+
+
+class RecoveryInfo(_Doc):
+    spec: RecoverySpec
+    steps: int = 0
+    tokens: int = 0
+    loss_curve: list[LossPoint] = Field(default_factory=list)
+    ppl_before: float | None = None  # held-out perplexity right after pruning
+    ppl_after: float | None = None
+    seconds: float = 0.0
+    stopped_by: str | None = None  # "max_steps", "max_tokens", "max_minutes"
+
+
+class SliceAgreement(_Doc):
+    """Agreement with the dense teacher on one prompt set, along the teacher's greedy continuation."""
+
+    name: str
+    source: Literal["bundled", "user"] = "bundled"
+    prompts: int
+    positions: int  # next-token distributions compared
+    kl: float  # mean KL(teacher || model) per position, nats
+    top1_agreement: float  # fraction of positions where the argmax tokens agree
+    gold_prompts: int = 0  # prompts with a gold answer
+    gold_correct: int = 0  # of those, how many this model answers correctly
+    teacher_correct: int = 0  # of those, how many the dense teacher answers correctly
+    exact_match_hits: int = 0  # of the teacher-correct ones, how many this model also gets right
+
+    @computed_field
+    @property
+    def exact_match(self) -> float | None:
+        """Exact match on the gold prompts the dense model gets right (None when there are none)."""
+        return self.exact_match_hits / self.teacher_correct if self.teacher_correct else None
+
+
+class Quality(_Doc):
+    heldout_ppl: float
+    heldout_nll: float
+    heldout_tokens: int
+    seq_len: int
+    user_text_ppl: float | None = None
+    user_text_tokens: int | None = None
+    slices: dict[str, SliceAgreement] = Field(default_factory=dict)
+
+
+class Latency(_Doc):
+    """Timed requests in the real runtime. Percentiles are computed over the recorded samples."""
+
+    measured_on: str  # DeviceInfo.label
+    runtime: str  # "hf-eager", "hf-compile", "vllm"
+    dtype: str
+    prompt_len: int
+    gen_len: int
+    batch_size: int
+    warmup: int
+    samples_ms: list[float]  # end-to-end per request (one generate call of batch_size sequences)
+    ttft_samples_ms: list[float] = Field(default_factory=list)  # prefill + first token
+    tpot_samples_ms: list[float] = Field(default_factory=list)  # (end - first token) / (gen_len - 1)
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None  # "process-peak-rss" (CPU), "cuda-max-allocated"
+
+    @computed_field
+    @property
+    def requests(self) -> int:
+        return len(self.samples_ms)
+
+    @computed_field
+    @property
+    def mean_ms(self) -> float | None:
+        return sum(self.samples_ms) / len(self.samples_ms) if self.samples_ms else None
+
+    @computed_field
+    @property
+    def p50_ms(self) -> float | None:
+        return percentile(self.samples_ms, 50)
+
+    @computed_field
+    @property
+    def p95_ms(self) -> float | None:
+        return percentile(self.samples_ms, 95)
+
+    @computed_field
+    @property
+    def p99_ms(self) -> float | None:
+        return percentile(self.samples_ms, 99)
+
+    @computed_field
+    @property
+    def ttft_p50_ms(self) -> float | None:
+        return percentile(self.ttft_samples_ms, 50)
+
+    @computed_field
+    @property
+    def ttft_p95_ms(self) -> float | None:
+        return percentile(self.ttft_samples_ms, 95)
+
+    @computed_field
+    @property
+    def tpot_p50_ms(self) -> float | None:
+        return percentile(self.tpot_samples_ms, 50)
+
+    @computed_field
+    @property
+    def tpot_p95_ms(self) -> float | None:
+        return percentile(self.tpot_samples_ms, 95)
+
+    @computed_field
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Generated tokens per second over all timed requests."""
+        total_ms = sum(self.samples_ms)
+        return self.batch_size * self.gen_len * len(self.samples_ms) / (total_ms / 1000) if total_ms else None
+
+
+class Variant(_Doc):
+    name: str  # "dense", "candidate-1", ...
+    role: Literal["dense", "pruned"]
+    candidate_rank: int | None = None  # PlanSummary.candidates[...].rank; None for dense
+    checkpoint: str | None = None  # folder of the (exported) checkpoint
+    size: Size
+    pruning: PruningInfo | None = None
+    recovery: RecoveryInfo | None = None
+    quality: Quality | None = None
+    latency: Latency | None = None
+
+
+class StageTiming(_Doc):
+    name: str  # "load", "prune:candidate-1", "latency", ...
+    seconds: float
+    status: Literal["done", "resumed"] = "done"  # resumed: read from a finished stage of an earlier run
+
+
+class SpeedupCheck(_Doc):
+    """Predicted (projected to the target GPU) against measured (on this device) for the goal metric."""
+
+    variant: str
+    goal: str
+    metric: str
+    dense_measured: float | None
+    pruned_measured: float | None
+    predicted: float | None  # x times better, projected to PlanSummary.gpu
+    measured: float | None  # x times better, measured on Provenance.device
+
+
+class Results(_Doc):
+    version: int = SCHEMA_VERSION
+    provenance: Provenance
+    plan: PlanSummary
+    variants: list[Variant]
+    stages: list[StageTiming] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Results":
+        if self.version != SCHEMA_VERSION:
+            raise ValueError(f"results version {self.version} is not supported (accepted: {SCHEMA_VERSION})")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names repeat: {names}")
+        return self
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"no variant {name!r} (have: {', '.join(v.name for v in self.variants)})")
+
+    @property
+    def dense(self) -> Variant | None:
+        return next((v for v in self.variants if v.role == "dense"), None)
+
+    @computed_field
+    @property
+    def speedups(self) -> list[SpeedupCheck]:
+        """One row per pruned variant: the goal metric, predicted against measured."""
+        goal = self.plan.goal
+        if goal not in GOAL_METRICS or self.dense is None:
+            return []
+        metric, lower_better = GOAL_METRICS[goal]
+        dense_value = _metric(self.dense, metric)
+        by_rank = {c.rank: c for c in self.plan.candidates}
+        rows = []
+        for v in self.variants:
+            if v.role != "pruned":
+                continue
+            value = _metric(v, metric)
+            measured = None
+            if dense_value and value:
+                measured = dense_value / value if lower_better else value / dense_value
+            cand = by_rank.get(v.candidate_rank)
+            rows.append(SpeedupCheck(variant=v.name, goal=goal, metric=metric, dense_measured=dense_value,
+                                     pruned_measured=value, predicted=cand.predicted_speedup if cand else None,
+                                     measured=measured))
+        return rows
+
+
+def _metric(v: Variant, metric: str) -> float | None:
+    if metric == "file_bytes":
+        return v.size.file_bytes
+    return getattr(v.latency, metric) if v.latency is not None else None
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """'variants.0.latency: p95_ms = ... does not match ...; version: ...' without echoing whole documents."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(document)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        if e["type"] != "extra_forbidden" and isinstance(got, (str, int, float, bool)):
+            msg += f" (got {got!r})"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def load_results(path: str | Path) -> Results:
+    """Read results.json; a missing, corrupt, hand-edited or unknown-version file is an InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"results file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"results file {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"results file {str(path)!r} must hold a JSON object")
+    try:
+        return Results.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"results file {str(path)!r} is not a valid results document: "
+                         f"{describe_errors(exc)}") from None
+
+
+def save_results(results: Results, path: str | Path) -> Path:
+    """Write results.json atomically (temporary file + rename)."""
+    return write_atomic(path, results.model_dump_json(indent=2))
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write text to path so that a reader (or a crash) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
