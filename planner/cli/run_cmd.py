@@ -1,14 +1,125 @@
-"""`plan run` (being built)."""
+"""`plan run PLAN`: prune, recover, export, evaluate and benchmark the plan's candidate against the dense model."""
 
 from __future__ import annotations
 
+EPILOG = """\
+examples:
+  plan run plan.json                              the top candidate; writes runs/plan-<hash>/results.json
+  plan run plan.json --candidate 2 --out runs/c2  the second-ranked candidate into a chosen folder
+  plan run plan.json --all 3                      the top three candidates, side by side
+  plan run plan.json --resume                     continue an interrupted run; finished stages are skipped
+  plan run plan.json --eval-text notes.txt --eval-prompts product.jsonl
+                                                  add your own text (perplexity) and prompts (agreement)
+  plan run plan.json --requests 30 --gen-len 64   more timed requests, shorter generations
+
+Prompt files hold one JSON object per line: {"id": "...", "prompt": "...", "gold": "optional answer",
+"match": "exact|number|word|prefix", "chat": true, "max_new_tokens": 32}.
+Latency is measured on this machine (dense and pruned interleaved); the plan's predictions are projected to its
+target GPU. Both are shown side by side, never one as the other.
+"""
+
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="(not available yet)")
+    import argparse
+
+    p = sub.add_parser("run", help="run a plan: prune, recover, evaluate, benchmark -> results.json",
+                       description="Execute a candidate of plan.json against the dense model: prune -> recover -> "
+                                   "export -> held-out perplexity and teacher agreement -> latency benchmark "
+                                   "(dense and pruned interleaved) -> results.json and report.html.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="plan.json written by `plan --goal ... --gpu ...`")
+    p.add_argument("--out", default=None, help="run folder (default runs/<plan-stem>-<hash>)")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--candidate", type=int, default=None, metavar="N", help="run the candidate of rank N "
+                      "(default 1, the top one)")
+    pick.add_argument("--all", type=int, default=None, metavar="K", dest="all_top", help="run the top K candidates")
+    p.add_argument("--resume", action="store_true", help="continue the run in the folder, skipping finished stages")
+    p.add_argument("--eval-text", action="append", default=[], metavar="FILE",
+                   help="your own text file for perplexity (repeatable)")
+    p.add_argument("--eval-prompts", action="append", default=[], metavar="FILE",
+                   help="your own JSONL prompts, a regression slice of teacher agreement (repeatable)")
+    p.add_argument("--slices", default=None,
+                   help="comma-separated bundled capability slices (default: instruction,code,math,multilingual,"
+                        "long_context; 'none' for no bundled slice)")
+    p.add_argument("--ppl-tokens", type=int, default=16_384, help="held-out tokens for perplexity (default 16384)")
+    p.add_argument("--ppl-seq-len", type=int, default=512, help="perplexity window (default 512)")
+    p.add_argument("--requests", type=int, default=10, help="timed requests per variant (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up requests per variant (default 2)")
+    p.add_argument("--runtime", default="hf-eager", help="hf-eager (default), hf-compile, or vllm (CUDA + vLLM)")
+    p.add_argument("--bench-dtype", default=None, help="dtype for the benchmark: fp32, bf16, fp16 (default fp32 on "
+                                                       "CPU, the plan's dtype on CUDA)")
+    p.add_argument("--prompt-len", type=int, default=None, help="override the plan's prompt length for timing")
+    p.add_argument("--gen-len", type=int, default=None, help="override the plan's generation length for timing")
+    p.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size for timing")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print results.json on stdout")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from planner.errors import InputError
+def _slices(value: str | None):
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return []
+    return [s.strip() for s in value.split(",") if s.strip()]
 
-    raise InputError("`plan run` is not available in this build yet")
+
+def run(args) -> int:
+    from planner.run import run_plan
+    from planner.run.runner import RunOptions
+
+    options = RunOptions(eval_text=args.eval_text, eval_prompts=args.eval_prompts, slices=_slices(args.slices),
+                         ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_tokens, requests=args.requests,
+                         warmup=args.warmup, runtime=args.runtime, bench_dtype=args.bench_dtype,
+                         prompt_len=args.prompt_len, gen_len=args.gen_len, batch_size=args.batch_size,
+                         device=args.device, measure_memory=not args.no_memory, report=not args.no_report,
+                         progress=not args.quiet)
+    results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
+                       resume=args.resume, options=options)
+    if args.json:
+        from planner.cli._out import print_json
+
+        print_json(results)
+    elif not args.quiet:
+        print_summary(results)
+    return 0
+
+
+def _fmt(value, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def print_summary(results) -> None:
+    from rich.table import Table
+
+    from planner.cli._out import console, escape
+
+    device = results.provenance.device.label
+    table = Table(title=f"measured on {escape(device)}", title_justify="left")
+    for col in ("variant", "params", "held-out ppl", "KL (mean)", "top-1 agree", "p50 ms", "p95 ms", "p99 ms",
+                "TTFT p50", "TPOT p50", "tok/s", "peak mem"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for v in results.variants:
+        q, lat = v.quality, v.latency
+        slices = list(q.slices.values()) if q else []
+        kls = [s.kl for s in slices if s.kl is not None]
+        tops = [s.top1_agreement for s in slices if s.top1_agreement is not None]
+        table.add_row(escape(v.name), f"{v.size.parameters / 1e6:.1f}M", _fmt(q.heldout_ppl if q else None, digits=2),
+                      _fmt(sum(kls) / len(kls) if kls else None, digits=3),
+                      _fmt(100 * sum(tops) / len(tops) if tops else None, "%"),
+                      _fmt(lat.p50_ms if lat else None), _fmt(lat.p95_ms if lat else None),
+                      _fmt(lat.p99_ms if lat else None), _fmt(lat.ttft_p50_ms if lat else None),
+                      _fmt(lat.tpot_p50_ms if lat else None, digits=2), _fmt(lat.tokens_per_s if lat else None),
+                      _fmt(lat.peak_memory_bytes / 2**20 if lat and lat.peak_memory_bytes else None, " MiB", 0))
+    out = console()
+    out.print(table)
+    for row in results.speedups:
+        predicted = f"{row.predicted:.2f}x projected to {escape(results.plan.gpu)}" if row.predicted else "-"
+        measured = f"{row.measured:.2f}x measured on {escape(device)}" if row.measured else "-"
+        out.print(f"{escape(row.variant)}: {row.goal} ({row.metric}) predicted {predicted}; {measured}")
+    out.print(f"results: {escape(results.provenance.run_dir)}/results.json")

@@ -143,54 +143,63 @@ def _group(c) -> str:
     return f"({text})" if isinstance(c, AllOf) and len(c.items) > 1 else text
 
 
-def parse_condition(data: Any, where: str = "when") -> Condition:
-    """Turn the YAML form into a Condition; ConditionError names the bad key, fact or value and its place."""
+def _at(where: str, part: str) -> str:
+    return f"{where}.{part}" if where else part
+
+
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def parse_condition(data: Any, where: str = "") -> Condition:
+    """Turn the YAML form into a Condition; ConditionError names the bad key, fact or value and its place
+    (`where`: the path inside `when`, e.g. all[1].not)."""
     if data is None or data == {}:
         return Always()
     if not isinstance(data, dict):
-        raise ConditionError(f"{where}: a condition is a mapping (fact/all/any/not), got {data!r}")
+        raise ConditionError(f"{_prefix(where)}a condition is a mapping (fact/all/any/not), got {data!r}")
     if "fact" in data:
         return _parse_compare(data, where)
     keys = set(data)
     if len(keys) != 1 or not keys <= {"all", "any", "not"}:
         extra = sorted(keys - {"all", "any", "not"})
         if extra:
-            raise ConditionError(f"{where}: " + did_you_mean(extra[0], ["fact", "all", "any", "not"], "condition key"))
-        raise ConditionError(f"{where}: use exactly one of all/any/not per mapping, got {sorted(keys)}")
+            raise ConditionError(_prefix(where) + did_you_mean(extra[0], ["fact", "all", "any", "not"], "condition key"))
+        raise ConditionError(f"{_prefix(where)}use exactly one of all/any/not per mapping, got {sorted(keys)}")
     (word, body), = data.items()
     if word == "not":
-        return Not(parse_condition(body, f"{where}.not"))
+        return Not(parse_condition(body, _at(where, "not")))
     if not isinstance(body, list) or not body:
-        raise ConditionError(f"{where}.{word}: expects a non-empty list of conditions, got {body!r}")
-    items = tuple(parse_condition(c, f"{where}.{word}[{i}]") for i, c in enumerate(body))
+        raise ConditionError(f"{_at(where, word)}: expects a non-empty list of conditions, got {body!r}")
+    items = tuple(parse_condition(c, _at(where, f"{word}[{i}]")) for i, c in enumerate(body))
     return AllOf(items) if word == "all" else AnyOf(items)
 
 
 def _parse_compare(data: dict, where: str) -> Compare:
     name = data["fact"]
     if not isinstance(name, str) or name not in FACTS:
-        raise ConditionError(f"{where}: " + did_you_mean(str(name), FACTS, "fact"))
+        raise ConditionError(_prefix(where) + did_you_mean(str(name), FACTS, "fact"))
     fact = FACTS[name]
     ops = [k for k in data if k != "fact"]
     unknown = [k for k in ops if k not in OPS]
     if unknown:
-        raise ConditionError(f"{where} (fact {name!r}): " + did_you_mean(unknown[0], OPS, "operator"))
+        raise ConditionError(f"{_prefix(where)}fact {name!r}: " + did_you_mean(unknown[0], OPS, "operator"))
     if len(ops) != 1:
-        raise ConditionError(f"{where} (fact {name!r}): give exactly one operator of {', '.join(OPS)}, got {ops}")
+        raise ConditionError(f"{_prefix(where)}fact {name!r}: give exactly one operator of {', '.join(OPS)}, got {ops}")
     op = ops[0]
     value = data[op]
     if op in LIST_OPS:
         if not isinstance(value, list) or not value:
-            raise ConditionError(f"{where} (fact {name!r}): {op} expects a non-empty list, got {value!r}")
+            raise ConditionError(f"{_prefix(where)}fact {name!r}: {op} expects a non-empty list, got {value!r}")
         for v in value:
             _check(fact, v, where)
         return Compare(name, op, tuple(value))
     if value is None:
         if op not in ("eq", "ne"):
-            raise ConditionError(f"{where} (fact {name!r}): only eq/ne can compare with null")
+            raise ConditionError(f"{_prefix(where)}fact {name!r}: only eq/ne can compare with null")
         return Compare(name, op, None)
     if op in ("lt", "le", "gt", "ge") and fact.type != "number":
-        raise ConditionError(f"{where} (fact {name!r}): {op} needs a number fact; {name!r} is {fact.type}")
+        raise ConditionError(f"{_prefix(where)}fact {name!r}: {op} needs a number fact; {name!r} is {fact.type}")
     _check(fact, value, where)
     return Compare(name, op, value)
 
@@ -198,4 +207,4 @@ def _parse_compare(data: dict, where: str) -> Compare:
 def _check(fact, value, where: str) -> None:
     problem = check_value(fact, value)
     if problem:
-        raise ConditionError(f"{where} (fact {fact.name!r}): {problem}")
+        raise ConditionError(f"{_prefix(where)}fact {fact.name!r}: {problem}")

@@ -159,7 +159,8 @@ def check_variant(results, variant, policy: GatePolicy) -> list[GateRow]:
         rows.append(GateRow(check="require_device", variant=name, subject="device the figures were measured on",
                             op="==", threshold=policy.require_device, measured=device.kind,
                             source=measured_on, status="pass" if ok else "fail",
-                            note="" if ok else f"measured on {device.kind}, the policy requires {policy.require_device}"))
+                            note="" if ok else f"measured on {device.kind}; the policy requires "
+                                                 f"{policy.require_device}"))
     return rows
 
 

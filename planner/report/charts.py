@@ -9,8 +9,8 @@ a name from switching on mathtext.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
-import itertools
 import re
 from typing import Iterable, Sequence
 
@@ -42,9 +42,6 @@ _RC = {
     "legend.fontsize": 8,
 }
 
-_chart_ids = itertools.count(1)
-
-
 def _plt():
     import matplotlib
 
@@ -54,9 +51,15 @@ def _plt():
     return plt
 
 
-def _label(text: object) -> str:
-    """User text as a plain matplotlib label: `$` would start mathtext."""
-    return str(text).replace("$", r"\$")
+MAX_LABEL = 32  # characters of a name shown inside a chart; the tables carry the full name
+
+
+def _label(text: object, limit: int | None = None) -> str:
+    """User text as a plain matplotlib label: `$` would start mathtext; long names are shortened."""
+    text = str(text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def _chart(fn):
@@ -70,8 +73,19 @@ def _chart(fn):
     return wrapper
 
 
-def _figure(width: float = 6.4, height: float = 3.4):
-    return _plt().subplots(figsize=(width, height), layout="constrained")
+def _figure(width: float, height: float, *, left: float = 0.75, right: float = 0.2, bottom: float = 0.55,
+            top: float = 0.15):
+    """A figure with fixed margins in inches. (Constrained layout would fit them itself, at the cost of a second
+    draw of every chart: twice the rendering time.)"""
+    fig, ax = _plt().subplots(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height)
+    return fig, ax
+
+
+def _name_margin(names) -> float:
+    """Left margin (inches) for y tick labels holding names, at the chart font size."""
+    longest = max((len(_label(n, MAX_LABEL)) for n in names), default=4)
+    return min(0.25 + 0.068 * longest, 2.4)
 
 
 def _to_svg(fig, title: str) -> str:
@@ -84,7 +98,7 @@ def _to_svg(fig, title: str) -> str:
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.S)
     # several charts share one page: prefix every id so clip paths and markers of one chart never resolve to another
-    prefix = f"c{next(_chart_ids)}-"
+    prefix = "c" + hashlib.sha1(svg.encode()).hexdigest()[:8] + "-"  # deterministic: same chart, same ids
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', svg)
     svg = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{prefix}{m.group(1)})", svg)
     svg = re.sub(r'xlink:href="#([^"]+)"', lambda m: f'xlink:href="#{prefix}{m.group(1)}"', svg)
@@ -109,7 +123,8 @@ def kernel_breakdown_svg(shares: dict[str, dict[str, float]], *, source: str) ->
         for c in shares[p]:
             if c not in categories:
                 categories.append(c)
-    fig, ax = _figure(6.4, 0.9 + 0.55 * max(len(phases), 1))
+    fig, ax = _figure(6.4, 1.15 + 0.5 * max(len(phases), 1), left=_name_margin(phases), top=0.45)
+    labelled: set[str] = set()
     for i, phase in enumerate(phases):
         total = sum(shares[phase].values()) or 1.0
         left = 0.0
@@ -118,12 +133,12 @@ def kernel_breakdown_svg(shares: dict[str, dict[str, float]], *, source: str) ->
             if value <= 0:
                 continue
             color = CATEGORY_COLORS.get(cat, PALETTE[j % len(PALETTE)])
-            ax.barh(i, value, left=left, color=color, height=0.6, label=_label(cat) if i == 0 or cat not in
-                    shares[phases[0]] else None)
+            ax.barh(i, value, left=left, color=color, height=0.6, label=None if cat in labelled else _label(cat))
+            labelled.add(cat)
             if value >= 7:
                 ax.text(left + value / 2, i, f"{value:.0f}%", ha="center", va="center", color="white", fontsize=8)
             left += value
-    ax.set_yticks(range(len(phases)), [_label(p) for p in phases])
+    ax.set_yticks(range(len(phases)), [_label(p, MAX_LABEL) for p in phases])
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"share of phase time, % ({_label(source)})")
@@ -152,7 +167,7 @@ def roofline_svg(
     intensities = [o["intensity"] for o in ops if o.get("intensity") and o["intensity"] > 0]
     lo = min(intensities + [ridge]) / 4
     hi = max(intensities + [ridge]) * 4
-    fig, ax = _figure(6.4, 3.8)
+    fig, ax = _figure(6.4, 3.8, left=0.7, top=0.1)
     x = np.geomspace(lo, hi, 200)
     roof = np.minimum(peak_flops, x * bandwidth) / 1e12
     ax.plot(x, roof, color="#111827", linewidth=1.6, label="roof (projected)")
@@ -160,9 +175,11 @@ def roofline_svg(
     ax.axvspan(ridge, hi, color="#bfdbfe", alpha=0.35, linewidth=0)
     ax.axvline(ridge, color="#6b7280", linewidth=0.8, linestyle="--")
     ymax = peak_flops / 1e12
+    # the lowest op sets the floor, so decode GEMVs far left of the ridge stay on the chart
+    ymin = min([min(peak_flops, i * bandwidth) / 1e12 for i in intensities] + [ymax / 100]) / 4
     ax.text(lo * 1.15, ymax * 1.6, "memory-bound", fontsize=8, color="#92400e", va="bottom")
     ax.text(ridge * 1.15, ymax * 1.6, "compute-bound", fontsize=8, color="#1e40af", va="bottom")
-    ax.text(ridge, ymax / 50, f" ridge {ridge:.0f} FLOP/B", fontsize=7, color="#374151", rotation=90, va="bottom")
+    ax.text(ridge * 1.08, ymin * 1.3, f"ridge {ridge:.0f} FLOP/B", fontsize=7, color="#374151", va="bottom")
     by_phase: dict[str, list[dict]] = {}
     for op in ops:
         if op.get("intensity") and op["intensity"] > 0:
@@ -170,7 +187,7 @@ def roofline_svg(
     for k, (phase, items) in enumerate(by_phase.items()):
         xs = [o["intensity"] for o in items]
         ys = [min(peak_flops, o["intensity"] * bandwidth) / 1e12 for o in items]
-        sizes = [18 + 160 * float(o.get("time_share") or 0.0) for o in items]
+        sizes = [24 + 220 * float(o.get("time_share") or 0.0) for o in items]
         color = PHASE_COLORS.get(phase, PALETTE[k % len(PALETTE)])
         marker = "o" if k % 2 == 0 else "s"
         ax.scatter(xs, ys, s=sizes, color=color, alpha=0.8, edgecolor="white", linewidth=0.6, marker=marker,
@@ -178,10 +195,9 @@ def roofline_svg(
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
-    ax.set_ylim(ymax / 200, ymax * 4)
+    ax.set_ylim(ymin, ymax * 4)
     ax.set_xlabel("arithmetic intensity, FLOP/byte")
     ax.set_ylabel("attainable TFLOP/s")
-    ax.set_title(f"projected to {_label(target)}", loc="left")
     ax.legend(loc="lower right")
     return _to_svg(fig, f"Roofline of the model's ops, projected to {target}")
 
@@ -211,7 +227,7 @@ def quality_latency_svg(
 
     points: [{"label", "latency", "quality", "dense": bool}]; lower is better on both axes.
     """
-    fig, ax = _figure(6.4, 3.8)
+    fig, ax = _figure(6.4, 3.8, left=0.7, top=0.1)
     usable = [p for p in points if p.get("latency") is not None and p.get("quality") is not None]
     front = pareto_front([(p["latency"], p["quality"]) for p in usable])
     if len(front) > 1:
@@ -223,8 +239,8 @@ def quality_latency_svg(
         on_front = i in front
         ax.scatter([p["latency"]], [p["quality"]], s=70 if on_front else 45, color=color, zorder=3,
                    marker="D" if p.get("dense") else "o", edgecolor="black" if on_front else "white", linewidth=0.8)
-        ax.annotate(_label(p["label"]), (p["latency"], p["quality"]), textcoords="offset points", xytext=(6, 5),
-                    fontsize=8)
+        ax.annotate(_label(p["label"], MAX_LABEL), (p["latency"], p["quality"]), textcoords="offset points",
+                    xytext=(6, 5), fontsize=8)
     ax.set_xlabel(_label(latency_label))
     ax.set_ylabel(_label(quality_label))
     ax.margins(x=0.18, y=0.22)
@@ -241,7 +257,8 @@ def speedup_svg(rows: Sequence[dict], *, predicted_label: str, measured_label: s
     """
     import numpy as np
 
-    fig, ax = _figure(6.4, 1.2 + 0.55 * max(len(rows), 1))
+    fig, ax = _figure(6.4, 1.3 + 0.55 * max(len(rows), 1), left=_name_margin(r["label"] for r in rows),
+                      top=0.45)
     y = np.arange(len(rows))
     height = 0.36
     for offset, key, color, label in (
@@ -254,7 +271,7 @@ def speedup_svg(rows: Sequence[dict], *, predicted_label: str, measured_label: s
         for bar, value in zip(bars, values):
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.2f}x", va="center", fontsize=8)
     ax.axvline(1.0, color="#111827", linewidth=0.9)
-    ax.set_yticks(y, [_label(r["label"]) for r in rows])
+    ax.set_yticks(y, [_label(r["label"], MAX_LABEL) for r in rows])
     ax.invert_yaxis()
     values = [r[k] for r in rows for k in ("predicted", "measured") if r.get(k) is not None]
     ax.set_xlim(0, max(values + [1.0]) * 1.22)
@@ -267,12 +284,12 @@ def speedup_svg(rows: Sequence[dict], *, predicted_label: str, measured_label: s
 @_chart
 def loss_curve_svg(curves: dict[str, Sequence[tuple[float, float]]], *, ylabel: str = "training loss") -> str:
     """Recovery loss against step, one line per variant."""
-    fig, ax = _figure(6.4, 3.0)
+    fig, ax = _figure(6.4, 3.0, left=0.7, top=0.1)
     for k, (label, points) in enumerate(curves.items()):
         if not points:
             continue
         steps, losses = zip(*points)
-        ax.plot(steps, losses, color=PALETTE[k % len(PALETTE)], linewidth=1.4, label=_label(label),
+        ax.plot(steps, losses, color=PALETTE[k % len(PALETTE)], linewidth=1.4, label=_label(label, MAX_LABEL),
                 marker="." if len(points) < 30 else None)
     ax.set_xlabel("step")
     ax.set_ylabel(_label(ylabel))

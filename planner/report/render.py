@@ -10,6 +10,7 @@ names, prompts and paths are user data and appear as text.
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 from planner.errors import InputError
@@ -54,14 +55,31 @@ def find_beside(results_path: Path | None, name: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def _try_beside(results_path: Path | None, name: str, loader, problems: dict[str, str]):
+    path = find_beside(results_path, name)
+    if path is None:
+        return None
+    try:
+        return loader(path)
+    except InputError as exc:
+        problems[name] = f"{name} beside results.json could not be read: {exc}"
+        return None
+
+
 def render_html(results, profile=None, plan=None) -> str:
     """The report as an HTML string. `profile` and `plan` may be documents, paths, or None ("not available")."""
     results, results_path = _load_results(results)
+    problems: dict[str, str] = {}
+    # documents given by the caller must load; ones found beside results.json only add sections when they do
     if profile is None:
-        profile = find_beside(results_path, "profile.json")
+        profile = _try_beside(results_path, "profile.json", sections.load_profile, problems)
+    else:
+        profile = sections.load_profile(profile)
     if plan is None:
-        plan = find_beside(results_path, "plan.json")
-    context = sections.build_context(results, sections.load_profile(profile), sections.load_plan(plan))
+        plan = _try_beside(results_path, "plan.json", sections.load_plan, problems)
+    else:
+        plan = sections.load_plan(plan)
+    context = sections.build_context(results, profile, plan, problems=problems)
     context["generated_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return _environment().get_template(TEMPLATE).render(**context)
 
@@ -74,7 +92,12 @@ def render_report(results, out_path: str | Path, profile=None, plan=None) -> Pat
     if out.is_dir():
         raise InputError(f"report output {str(out)!r} is a folder; give a file path such as report.html")
     html = render_html(results, profile=profile, plan=plan)
-    return write_atomic(out, html)
+    path = write_atomic(out, html)
+    # the temporary file was private (0600); a report is for sharing: the usual mode under the user's umask
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    return path
 
 
 __all__ = ["render_report", "render_html", "find_beside"]

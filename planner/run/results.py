@@ -144,9 +144,12 @@ class CandidateSummary(_Doc):
 
     rank: int  # position in the plan, 1 = top
     name: str
+    label: str = ""
     prune: PruneSpec
     recovery: RecoverySpec | None = None
     projected_to: str  # target GPU id of the plan's roofline model
+    goal_metric: str | None = None  # the plan's name of the goal figure
+    predicted_goal: float | None = None  # the goal figure, projected to `projected_to`
     predicted_speedup: float | None = None  # of the goal metric, x times better than dense
     predicted: dict[str, float | None] = Field(default_factory=dict)  # other predicted metrics, by name
 
@@ -202,10 +205,11 @@ class SliceAgreement(_Doc):
 
     name: str
     source: Literal["bundled", "user"] = "bundled"
-    prompts: int
+    prompts: int  # prompts compared
+    skipped: int = 0  # prompts too long for the model's positions
     positions: int  # next-token distributions compared
-    kl: float  # mean KL(teacher || model) per position, nats
-    top1_agreement: float  # fraction of positions where the argmax tokens agree
+    kl: float | None  # mean KL(teacher || model) per position, nats; None when no position was compared
+    top1_agreement: float | None  # fraction of positions where the argmax tokens agree
     gold_prompts: int = 0  # prompts with a gold answer
     gold_correct: int = 0  # of those, how many this model answers correctly
     teacher_correct: int = 0  # of those, how many the dense teacher answers correctly

@@ -98,3 +98,12 @@ def global_mask(score_list, sparsity: float):
         masks.append(~pruned[start : start + s.numel()].view(s.shape))
         start += s.numel()
     return masks
+
+
+def nm_violations(keep, n: int, m: int) -> int:
+    """Number of groups of `m` consecutive inputs (last dim) with fewer than `n` pruned entries. `keep`: bool
+    (True = kept or nonzero), (out, in) layout."""
+    cols = keep.shape[-1]
+    check_nm(n, m, cols)
+    pruned = (~keep).reshape(-1, cols // m, m).sum(dim=-1)
+    return int((pruned < n).sum())

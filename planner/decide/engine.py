@@ -1,0 +1,247 @@
+"""The decision: rules fire on facts, candidates are predicted, rated, filtered by the quality budget and ranked.
+
+    plan = decide(goal=Goal.P95_LATENCY, gpu=get_gpu("a100"), workload=Workload(), budget=QualityBudget(),
+                  shape=shape, profile_facts=profile_facts(profile), ruleset=load_rules())
+
+1. context rules fire on the deployment's facts: `propose` adds candidates, `dont_prune` and `suggest` name levers;
+2. each candidate's goal figure is projected to the GPU (planner.decide.predict);
+3. candidate rules fire on the context facts plus the candidate's own: `reject` sets it aside with a reason,
+   `risk` rates its quality risk (the highest tier wins), `note` adds to its reasons;
+4. a candidate whose risk tier typically costs more perplexity than the budget allows is set aside;
+5. the rest are ranked by predicted gain x the tier's weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from planner.decide import predict as predict_mod
+from planner.decide.candidates import Draft, candidate_label, candidate_name, drafts_from
+from planner.decide.facts import RISK_TIERS, context_facts
+from planner.decide.plan import Candidate, LeverAdvice, Plan, Rejected, Verdict
+from planner.decide.rules import LEVERS, Rule, RuleSet, fill
+from planner.workload import Goal
+
+# Typical held-out perplexity increase of each tier after the planned recovery, as (low edge, high edge). A tier is
+# within the budget when its low edge is below the budget. Heuristic bands: the rules that assign tiers cite the
+# measurements behind them (rules/README.md).
+TIER_PPL = {"low": (0.0, 0.05), "medium": (0.05, 0.15), "high": (0.15, 0.40), "severe": (0.40, float("inf"))}
+# ranking discount per tier: a riskier plan must promise more to outrank a safer one
+TIER_WEIGHT = {"low": 1.0, "medium": 0.85, "high": 0.6, "severe": 0.3}
+DEFAULT_TIER = "medium"
+DEFAULT_LEVERS = ("quantization", "distillation")
+
+
+@dataclass
+class ContextOutcome:
+    proposals: list[tuple[Rule, str]] = field(default_factory=list)
+    dont_prune: list[tuple[Rule, str]] = field(default_factory=list)
+    suggestions: list[tuple[Rule, str]] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CandidateOutcome:
+    rejections: list[tuple[Rule, str]] = field(default_factory=list)
+    risks: list[tuple[Rule, str]] = field(default_factory=list)
+    notes: list[tuple[Rule, str]] = field(default_factory=list)
+
+    @property
+    def tier(self) -> str:
+        if not self.risks:
+            return DEFAULT_TIER
+        return max((r.then.risk for r, _ in self.risks), key=RISK_TIERS.index)
+
+
+def fire_context(ruleset: RuleSet, facts: dict[str, Any], values: dict[str, Any]) -> ContextOutcome:
+    out = ContextOutcome()
+    for rule in ruleset.rules:
+        if rule.then.scope != "context" or not rule.when.evaluate(facts):
+            continue
+        out.fired.append(rule.id)
+        entry = (rule, fill(rule.statement, values))
+        {"propose": out.proposals, "dont_prune": out.dont_prune, "suggest": out.suggestions}[rule.then.action].append(entry)
+    return out
+
+
+def fire_candidate(ruleset: RuleSet, facts: dict[str, Any], values: dict[str, Any]) -> CandidateOutcome:
+    out = CandidateOutcome()
+    for rule in ruleset.rules:
+        if rule.then.scope != "candidate" or not rule.when.evaluate(facts):
+            continue
+        action = rule.then.action
+        if action == "reject":
+            out.rejections.append((rule, fill(rule.then.reject, values)))
+        elif action == "risk":
+            out.risks.append((rule, fill(rule.statement, values)))
+        else:
+            out.notes.append((rule, fill(rule.then.note, values)))
+    return out
+
+
+def within_budget(tier: str, max_ppl_increase: float) -> bool:
+    return tier == "low" or TIER_PPL[tier][0] < max_ppl_increase
+
+
+def _values(facts: dict[str, Any], gpu, goal: Goal, metric: str, budget) -> dict[str, Any]:
+    share = facts.get("non_model_share")
+    return {
+        "gpu": gpu.id, "gpu_name": gpu.name, "goal": goal.value, "dtype": facts.get("dtype"), "metric": metric,
+        "budget_pct": f"{budget.max_ppl_increase:.0%}", "batch_size": facts.get("batch_size"),
+        "non_model_share_pct": None if share is None else f"{share:.0%}",
+        "num_kv_heads": facts.get("num_kv_heads"),
+        "group_size": (facts["num_heads"] // facts["num_kv_heads"]) if facts.get("num_kv_heads") else None,
+    }
+
+
+def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any]:
+    spec = draft.prune
+    out = dict(facts)
+    out.update(
+        kind=spec.kind,
+        structured=spec.kind in ("mlp_channels", "heads", "layers"),
+        criterion=getattr(spec, "criterion", "none"),
+        ratio=pred.ratio,
+        head_mode=getattr(spec, "mode", "none") if spec.kind == "heads" else "none",
+        params_removed_frac=pred.params_removed_frac,
+        recovery=draft.recovery.method,
+        predicted_speedup=pred.speedup,
+        predicted_gain=pred.gain,
+    )
+    return out
+
+
+def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profile_facts: dict[str, Any] | None = None,
+           params: int | None = None, model: str = "", model_name: str = "", profile_info: dict | None = None,
+           estimator: Callable | None = None, gpu_for_projection=None, planner_version: str = "") -> Plan:
+    """Decide and rank. `gpu` is the target (its catalog facts feed the rules); `gpu_for_projection` is the spec
+    the roofline model uses (the same GPU, or for the local host the spec with its measured figures)."""
+    from planner.prune.specs import NoPruning
+
+    proj_gpu = gpu_for_projection or gpu
+    params = params if params is not None else predict_mod.total_params(shape)
+    facts = context_facts(goal=goal, gpu=gpu, workload=workload, budget=budget, shape=shape, params=params,
+                          profile_facts=profile_facts)
+    dense = predict_mod.figures(shape, NoPruning(), workload, proj_gpu, estimator=estimator)[0]
+    metric = predict_mod.predict(shape, NoPruning(), workload, proj_gpu, goal, dense, estimator=estimator).metric
+    values = _values(facts, gpu, goal, metric, budget)
+    ctx = fire_context(ruleset, facts, values)
+    fired = list(ctx.fired)
+
+    kept: list[tuple[Candidate, float]] = []
+    rejected: list[Rejected] = []
+    drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
+    for draft, why in unfit:
+        rejected.append(Rejected(name=candidate_name(draft.prune, draft.recovery, shape),
+                                 label=candidate_label(draft.prune, draft.recovery, shape), prune=draft.prune,
+                                 recovery=draft.recovery, rules=draft.proposed_by, reasons=[why]))
+    for draft in drafts:
+        pred = predict_mod.predict(shape, draft.prune, workload, proj_gpu, goal, dense, estimator=estimator)
+        cfacts = _candidate_facts(facts, draft, pred)
+        label = candidate_label(draft.prune, draft.recovery, shape)
+        cvalues = dict(values, plan=label, kind=draft.prune.kind, ratio_pct=f"{pred.ratio:.0%}",
+                       speedup="?" if pred.speedup is None else f"{pred.speedup:.2f}x",
+                       gain_pct="?" if pred.gain is None else f"{pred.gain:.0%}")
+        outcome = fire_candidate(ruleset, cfacts, dict(cvalues, tier=None))
+        tier = outcome.tier
+        cvalues["tier"] = tier
+        for rule_id in [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]:
+            if rule_id not in fired:
+                fired.append(rule_id)
+        name = candidate_name(draft.prune, draft.recovery, shape)
+        reasons: list[str] = []
+        rules: list[str] = []
+        if ctx.dont_prune:
+            rules += [r.id for r, _ in ctx.dont_prune]
+            reasons += [f"don't prune: {text}" for _, text in ctx.dont_prune]
+        rules += [r.id for r, _ in outcome.rejections]
+        reasons += [text for _, text in outcome.rejections]
+        if pred.speedup is None:
+            rules.append("no-prediction")
+            reasons.append(f"no {metric} projection for {gpu.id}")
+        if not reasons and not within_budget(tier, budget.max_ppl_increase):
+            lo = TIER_PPL[tier][0]
+            risk_rules = [r for r, _ in outcome.risks if r.then.risk == tier]
+            rules += ["budget"] + [r.id for r in risk_rules]
+            why = "; ".join(t for r, t in outcome.risks if r.then.risk == tier)
+            reasons.append(f"quality risk {tier} (typically > +{lo:.0%} perplexity) exceeds the "
+                           f"+{budget.max_ppl_increase:.0%} budget" + (f": {why}" if why else ""))
+        if reasons:
+            rejected.append(Rejected(name=name, label=label, prune=draft.prune, recovery=draft.recovery,
+                                     predicted_speedup=pred.speedup, quality_risk=tier, rules=rules, reasons=reasons))
+            continue
+        risk_text = "; ".join(t for r, t in outcome.risks if r.then.risk == tier) or \
+            "no risk rule matched: rated medium by default"
+        cand_reasons = list(draft.statements) + [t for _, t in outcome.notes] + [f"quality risk {tier}: {risk_text}"]
+        chosen_by = list(draft.proposed_by) + [r.id for r, _ in outcome.notes + outcome.risks if r.then.action != "risk"
+                                               or r.then.risk == tier]
+        score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
+        cand = Candidate(
+            rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, projected_to=gpu.id,
+            basis=f"projected to {gpu.id} (roofline model)", goal_metric=pred.metric, predicted_goal=pred.value,
+            predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
+            params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
+            chosen_by=list(dict.fromkeys(chosen_by)), reasons=cand_reasons, notes=pred.notes)
+        kept.append((cand, score))
+
+    kept.sort(key=lambda cs: (-cs[1], cs[0].params_removed_frac, cs[0].name))
+    candidates = [c.model_copy(update={"rank": i + 1}) for i, (c, _) in enumerate(kept)]
+    verdict = _verdict(ctx, candidates, goal, gpu)
+    fired_context_suggest = [r.id for r, _ in ctx.suggestions + ctx.dont_prune]
+    return Plan(
+        planner_version=planner_version, model=model, model_name=model_name, goal=goal, gpu=gpu.id,
+        gpu_name=gpu.name, workload=workload, budget=budget, goal_metric=metric, dense_goal=dense.get(metric),
+        dense_predicted=dense, profile=profile_info or {}, facts=facts, rules_version=ruleset.version,
+        rule_files=[p.name for p in ruleset.files], rules_fired=list(dict.fromkeys(fired + fired_context_suggest)),
+        candidates=candidates, rejected=rejected, verdict=verdict,
+        notes=_plan_notes(goal, gpu, proj_gpu),
+    )
+
+
+def _spec_defaults(gpu, workload) -> dict[str, dict]:
+    """Spec fields a rule may leave to the target: MLP widths in the multiple the GPU's GEMM tiles like."""
+    from planner.prune.structured.rounding import default_round_to
+
+    dtype = workload.dtype if workload.dtype in ("fp32", "bf16", "fp16", "fp8", "int8") else "fp32"
+    return {"mlp_channels": {"round_to": default_round_to(None if gpu.measured_local else gpu, dtype)}}
+
+
+def _levers(entries: list[tuple[Rule, str]], field_name: str) -> list[LeverAdvice]:
+    by_lever: dict[str, LeverAdvice] = {}
+    for rule, _ in entries:
+        for lever in getattr(rule.then, field_name):
+            advice = by_lever.setdefault(lever, LeverAdvice(lever=lever, description=LEVERS[lever]))
+            if rule.id not in advice.rules:
+                advice.rules.append(rule.id)
+    return list(by_lever.values())
+
+
+def _verdict(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu) -> Verdict:
+    if ctx.dont_prune:
+        levers = _levers(ctx.dont_prune, "dont_prune") + [
+            a for a in _levers(ctx.suggestions, "suggest")
+            if a.lever not in {x for r, _ in ctx.dont_prune for x in r.then.dont_prune}]
+        why = ctx.dont_prune[0][1]
+        return Verdict(action="dont_prune", rules=[r.id for r, _ in ctx.dont_prune], levers=levers,
+                       text=f"don't prune; use {', '.join(a.lever for a in levers)}: {why}")
+    suggested = _levers(ctx.suggestions, "suggest")
+    if not candidates:
+        levers = suggested or [LeverAdvice(lever=x, description=LEVERS[x]) for x in DEFAULT_LEVERS]
+        return Verdict(action="dont_prune", levers=levers,
+                       text=f"don't prune; use {', '.join(a.lever for a in levers)}: no candidate is predicted to "
+                            f"improve {goal.value} on {gpu.id} within the quality budget")
+    top = candidates[0]
+    text = (f"prune: {top.label} — predicted {goal.value} {top.predicted_speedup:.2f}x better, projected to {gpu.id}; "
+            f"quality risk {top.quality_risk}; measure it with `plan run`")
+    if suggested:
+        text += f"; also consider {', '.join(a.lever for a in suggested)}"
+    return Verdict(action="prune", levers=suggested, text=text)
+
+
+def _plan_notes(goal: Goal, gpu, proj_gpu) -> list[str]:
+    notes = [f"every predicted figure is projected to {gpu.id} by the roofline model, not measured; "
+             "`plan run` measures the candidates on this machine"]
+    if gpu.measured_local:
+        notes.append("the target is the local host: its peaks were measured at run time by the profiler")
+    return notes

@@ -1,0 +1,338 @@
+"""Rules as data: YAML files under `rules/` (and any folder given with `--rules DIR`), validated when loaded.
+
+A rules file:
+
+```yaml
+version: 1
+rules:
+  - id: unstructured-no-dense-speedup
+    statement: Unstructured sparsity does not make a dense GPU kernel faster.
+    when:
+      all:
+        - {fact: kind, eq: unstructured}
+        - {fact: goal, in: [p50-latency, p95-latency, p99-latency, ttft, tpot, throughput, cost-per-token]}
+    then:
+      reject: "predicted {goal} speedup {speedup} on {gpu}: dense kernels multiply the zeros"
+    rationale: A dense GEMM reads and multiplies every weight, zero or not ...
+    sources:
+      - "Mishra et al. 2021, Accelerating Sparse Deep Neural Networks, arXiv:2104.08378"
+```
+
+`then` holds exactly one outcome:
+
+| outcome      | scope     | effect                                                                                  |
+| ------------ | --------- | --------------------------------------------------------------------------------------- |
+| `propose`    | context   | adds candidates: a partial pruning spec, a list of ratios, a list of recoveries          |
+| `dont_prune` | context   | "don't prune": every candidate is rejected, the verdict names the levers that fit       |
+| `suggest`    | context   | other levers worth using with or instead of pruning                                      |
+| `reject`     | candidate | rejects matching candidates; the text (with {placeholders}) is the reason shown         |
+| `risk`       | candidate | sets the quality-risk tier (low, medium, high, severe); the highest firing tier counts  |
+| `note`       | candidate | adds a reason to matching candidates ("why" in the table)                               |
+
+Context-scope rules may name only context facts (see planner.decide.facts). A typo'd key, an unknown fact, a value a
+fact cannot take, or an unknown placeholder fails at load time with the file and the rule id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+
+from planner.decide.conditions import Always, ConditionError, parse_condition
+from planner.decide.facts import CANDIDATE_FACTS, PRUNE_KINDS, RISK_TIERS
+from planner.errors import InputError, did_you_mean
+from planner.paths import rules_dir
+
+RULES_FORMAT_VERSION = 1
+
+# other levers than pruning; `dont_prune` and `suggest` name these
+LEVERS: dict[str, str] = {
+    "quantization": "weight quantization (int8/fp8 or 4-bit weight-only): fewer bytes per weight, same shapes",
+    "distillation": "distil into a smaller dense model (a student with fewer layers or a narrower width)",
+    "batching": "continuous batching / larger batches: more tokens per weight read",
+    "kv-cache": "KV-cache quantization or paging: more sequences per GB of memory",
+    "prefix-caching": "prefix caching: reuse the KV cache of shared prompt prefixes, skip their prefill",
+    "speculative-decoding": "speculative decoding: a small draft model proposes tokens the model verifies in one pass",
+    "serving-path": "fix the serving path (queueing, tokenization, network), where the time actually goes",
+}
+Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
+
+# placeholders a reject/note/statement/rationale text may use; filled by the engine for each candidate
+PLACEHOLDERS = ("gpu", "gpu_name", "goal", "dtype", "metric", "speedup", "gain_pct", "plan", "kind", "ratio_pct",
+                "tier", "budget_pct", "non_model_share_pct", "batch_size", "group_size", "num_kv_heads")
+
+RATIO_FIELD = {"unstructured": "sparsity", "mlp_channels": "ratio", "heads": "ratio", "layers": "num_layers"}
+
+
+def _condition(value: Any):
+    try:
+        return parse_condition(value)
+    except ConditionError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Condition = Annotated[Any, BeforeValidator(_condition), PlainSerializer(lambda c: c.to_dict())]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Proposal(_Doc):
+    """Candidates to consider: `spec` is a pruning spec without its ratio; one candidate per ratio x recovery."""
+
+    spec: dict[str, Any]
+    ratios: list[float] = Field(default_factory=list, description="fraction removed; layers: of the layers")
+    recovery: list[str | dict[str, Any]] = Field(default_factory=lambda: ["distill"])
+
+    @model_validator(mode="after")
+    def _check(self) -> "Proposal":
+        kind = self.spec.get("kind")
+        if kind not in PRUNE_KINDS or kind == "none":
+            raise ValueError("spec.kind: " + did_you_mean(str(kind), [k for k in PRUNE_KINDS if k != "none"],
+                                                          "pruning kind"))
+        if kind in RATIO_FIELD:
+            if RATIO_FIELD[kind] in self.spec:
+                raise ValueError(f"spec.{RATIO_FIELD[kind]}: give the amounts in `ratios`, not in the spec")
+            if not self.ratios:
+                raise ValueError(f"ratios: a {kind} proposal needs at least one ratio")
+            bad = [r for r in self.ratios if not 0 < r < 1]
+            if bad:
+                raise ValueError(f"ratios: each ratio is a fraction removed, 0 < r < 1 (got {bad[0]!r})")
+        elif self.ratios:
+            raise ValueError(f"ratios: a {kind} proposal has no ratio (N:M fixes it), got {self.ratios}")
+        for ratio in self.ratios or [None]:
+            build_spec(self.spec, ratio, num_layers=100)  # raises on a bad field or value
+        for choice in self.recovery:
+            recovery_spec(choice)
+        return self
+
+
+class Outcome(_Doc):
+    propose: Proposal | None = None
+    dont_prune: list[Lever] | None = Field(None, description="levers that fit instead of pruning")
+    suggest: list[Lever] | None = None
+    reject: str | None = None
+    risk: Literal[RISK_TIERS] | None = None  # type: ignore[valid-type]
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Outcome":
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"`then` needs exactly one outcome of {', '.join(type(self).model_fields)}; "
+                             f"got {given or 'none'}")
+        for text in (self.reject, self.note):
+            if text is not None:
+                check_placeholders(text)
+        return self
+
+    @property
+    def action(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    @property
+    def scope(self) -> str:
+        return "context" if self.action in ("propose", "dont_prune", "suggest") else "candidate"
+
+
+class Rule(_Doc):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    statement: str = Field(min_length=1)
+    when: Condition = Field(default_factory=Always)
+    then: Outcome
+    rationale: str = Field(min_length=1)
+    sources: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Rule":
+        check_placeholders(self.statement)
+        if self.then.scope == "context":
+            used = sorted(self.when.facts_used() & set(CANDIDATE_FACTS))
+            if used:
+                raise ValueError(f"a `{self.then.action}` rule decides before candidates exist, so it cannot name "
+                                 f"candidate facts: {', '.join(used)}")
+        if any(not s.strip() for s in self.sources):
+            raise ValueError("sources: an empty source")
+        return self
+
+
+class RuleFile(_Doc):
+    version: int = RULES_FORMAT_VERSION
+    rules: list[dict[str, Any]]  # validated one by one, so an error can name the rule id
+
+    @model_validator(mode="after")
+    def _version(self) -> "RuleFile":
+        if self.version != RULES_FORMAT_VERSION:
+            raise ValueError(f"version {self.version} is not supported (accepted: {RULES_FORMAT_VERSION})")
+        return self
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule]
+    origin: dict[str, Path] = field(default_factory=dict)  # rule id -> file
+    files: list[Path] = field(default_factory=list)
+    version: str = ""  # "1+<sha256 of the files' bytes, 12 hex>": which rules a plan was decided with
+
+    def by_id(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(did_you_mean(rule_id, [r.id for r in self.rules], "rule"))
+
+
+# -- specs built from proposals ---------------------------------------------------------------------------------
+
+
+def build_spec(partial: dict[str, Any], ratio: float | None, *, num_layers: int):
+    """A concrete PruneSpec: `partial` plus the ratio in the field the kind uses (layers: a count of layers)."""
+    from pydantic import TypeAdapter
+
+    from planner.prune.specs import PruneSpec
+
+    data = dict(partial)
+    kind = data["kind"]
+    if kind in RATIO_FIELD and ratio is not None:
+        data[RATIO_FIELD[kind]] = max(1, round(ratio * num_layers)) if kind == "layers" else ratio
+    try:
+        return TypeAdapter(PruneSpec).validate_python(data)
+    except ValidationError as exc:
+        raise ValueError("spec: " + _describe_errors(exc, None)) from None
+
+
+def recovery_spec(choice: str | dict[str, Any]):
+    from planner.recover.specs import RecoverySpec
+
+    data = {"method": choice} if isinstance(choice, str) else dict(choice)
+    try:
+        return RecoverySpec(**data)
+    except ValidationError as exc:
+        raise ValueError("recovery: " + _describe_errors(exc, RecoverySpec)) from None
+
+
+def check_placeholders(text: str) -> None:
+    for _, name, _, _ in string.Formatter().parse(text):
+        if name is not None and name not in PLACEHOLDERS:
+            raise ValueError("text " + repr(text[:60]) + ": " + did_you_mean(name or "{}", PLACEHOLDERS, "placeholder"))
+
+
+def fill(text: str, values: dict[str, Any]) -> str:
+    """A rule text with its placeholders filled; unknown values read '?'."""
+
+    class _Safe(dict):
+        def __missing__(self, key):
+            return "?"
+
+    return text.format_map(_Safe({k: ("?" if v is None else v) for k, v in values.items()}))
+
+
+# -- loading ------------------------------------------------------------------------------------------------------
+
+
+def _describe_errors(exc: ValidationError, model: type[BaseModel] | None) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc)
+        if err["type"] == "extra_forbidden" and model is not None:
+            owner = _owner(model, err["loc"][:-1])
+            msg = did_you_mean(str(err["loc"][-1]), owner.model_fields if owner else [], "key")
+            parts.append(msg if len(loc) == 1 else f"in {'.'.join(loc[:-1])!r}: {msg}")
+            continue
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None or err["type"] == "value_error" else f" (got {got!r})"
+        parts.append(f"{where}: {msg}{shown}" if where else msg)
+    return "; ".join(parts)
+
+
+def _owner(model: type[BaseModel], loc) -> type[BaseModel] | None:
+    owner: type[BaseModel] | None = model
+    for part in loc:
+        if owner is None or isinstance(part, int) or part not in owner.model_fields:
+            continue
+        annotation = owner.model_fields[part].annotation
+        owner = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return owner
+
+
+def _display(path: Path) -> str:
+    """A path relative to the working directory when it is below it, else as given."""
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def load_rule_file(path: str | Path) -> list[Rule]:
+    """The rules of one file; InputError names the file, the rule id and the problem."""
+    path = Path(path)
+    shown = _display(path)
+    try:
+        # libyaml's loader when present: the same safe subset of YAML, several times faster
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read rules file: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{shown}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{shown}: a rules file is a mapping with `version` and `rules` "
+                         f"(got {type(data).__name__})")
+    try:
+        doc = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{shown}: {_describe_errors(exc, RuleFile)}") from None
+    rules = []
+    for index, raw in enumerate(doc.rules):
+        rule_id = raw.get("id") if isinstance(raw, dict) else None
+        label = f"rule {rule_id!r}" if rule_id else f"rule #{index + 1} (no id)"
+        if not isinstance(raw, dict):
+            raise InputError(f"{shown}: {label}: a rule is a mapping (id, statement, when, then, rationale, sources)")
+        try:
+            rules.append(Rule.model_validate(raw))
+        except ValidationError as exc:
+            raise InputError(f"{shown}: {label}: {_describe_errors(exc, Rule)}") from None
+    return rules
+
+
+def rule_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"rules folder {str(folder)!r} does not exist or is not a folder")
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def load_rules(extra_dirs: list[str | Path] | None = None, *, builtin: bool = True) -> RuleSet:
+    """The built-in rules (rules/) plus every folder in `extra_dirs`. Duplicate rule ids are errors."""
+    folders = ([rules_dir()] if builtin else []) + [Path(d) for d in (extra_dirs or [])]
+    ruleset = RuleSet(rules=[])
+    digest = hashlib.sha256()
+    for folder in folders:
+        files = rule_files(folder)
+        if not files and folder != (rules_dir() if builtin else None):
+            raise InputError(f"rules folder {str(folder)!r} has no *.yaml files")
+        for path in files:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+            for rule in load_rule_file(path):
+                if rule.id in ruleset.origin:
+                    raise InputError(f"{_display(path)}: rule {rule.id!r} is already defined in "
+                                     f"{_display(ruleset.origin[rule.id])}; rule ids must be unique")
+                ruleset.origin[rule.id] = path
+                ruleset.rules.append(rule)
+            ruleset.files.append(path)
+    ruleset.version = f"{RULES_FORMAT_VERSION}+{digest.hexdigest()[:12]}"
+    return ruleset

@@ -1,0 +1,49 @@
+"""The facts the rule engine reads from a profile, under fixed names.
+
+All timing facts are projected to the target GPU at the workload's dtype (roofline lower bounds); `measured` says
+whether a measured local profile stands beside them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from planner.profile.schema import Profile
+
+FACT_NAMES = (
+    "prefill_bound", "decode_bound", "prefill_intensity", "decode_intensity", "ridge_point", "dominant_phase",
+    "mlp_time_share", "attn_proj_time_share", "attn_core_time_share", "lm_head_time_share", "mlp_flop_share",
+    "weights_gb", "kv_cache_gb", "memory_headroom_frac", "fits_on_gpu", "prefill_ms_projected",
+    "decode_ms_per_token_projected", "request_ms_projected", "non_model_share", "measured", "gqa", "num_layers",
+)
+
+
+def profile_facts(profile: "Profile") -> dict[str, float | str | bool]:
+    proj, memory, shape = profile.projected, profile.memory, profile.model.shape
+    non_model = profile.workload.non_model_ms
+    share = proj.time_share
+    return {
+        "prefill_bound": proj.prefill.bound,
+        "decode_bound": proj.decode.bound,
+        "prefill_intensity": proj.prefill.intensity,
+        "decode_intensity": proj.decode.intensity,
+        "ridge_point": proj.ridge_point,
+        "dominant_phase": proj.dominant_phase,
+        "mlp_time_share": share["mlp"],
+        "attn_proj_time_share": share["attn_proj"],
+        "attn_core_time_share": share["attn_core"],
+        "lm_head_time_share": share["lm_head"],
+        "mlp_flop_share": proj.flop_share["mlp"],
+        "weights_gb": memory.weight_bytes / 1e9,
+        "kv_cache_gb": memory.kv_cache_bytes / 1e9,
+        "memory_headroom_frac": memory.headroom_frac,
+        "fits_on_gpu": memory.fits,
+        "prefill_ms_projected": proj.prefill_ms,
+        "decode_ms_per_token_projected": proj.decode_ms_per_token,
+        "request_ms_projected": proj.request_ms,
+        "non_model_share": non_model / (non_model + proj.request_ms),
+        "measured": profile.measured is not None,
+        "gqa": shape.num_kv_heads < shape.num_heads,
+        "num_layers": float(shape.num_layers),
+    }

@@ -1,0 +1,357 @@
+"""What each section of the report shows, computed from the documents: plain dicts and numbers for the template,
+and the charts as inline SVG. The template only lays them out.
+
+Every figure carries its origin: latency and memory are *measured on* the run's device; predictions are
+*projected to* the plan's target GPU; quality is measured on the bundled held-out text and prompt slices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from planner.report import charts
+from planner.run.results import GOAL_METRICS
+
+# Below this measured gain the one-line verdict does not call a variant a win (the tables show exact figures).
+MIN_WIN = 1.05
+
+METRIC_LABELS = {
+    "p50_ms": ("p50 latency", "ms"),
+    "p95_ms": ("p95 latency", "ms"),
+    "p99_ms": ("p99 latency", "ms"),
+    "ttft_p50_ms": ("time to first token, p50", "ms"),
+    "tpot_p50_ms": ("time per output token, p50", "ms"),
+    "tokens_per_s": ("throughput", "tokens/s"),
+    "peak_memory_bytes": ("peak memory", "bytes"),
+    "file_bytes": ("checkpoint size", "bytes"),
+}
+BETTER_WORD = {"ms": "faster", "tokens/s": "higher", "bytes": "smaller"}
+
+
+# -- formatting filters (also used by the template) --------------------------------------------------------------
+
+
+def fmt_num(value, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def fmt_ms(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+
+
+def fmt_pct(value, signed: bool = False, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:+.{digits}f}%" if signed else f"{100 * value:.{digits}f}%"
+
+
+def fmt_x(value) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def fmt_bytes(value) -> str:
+    if value is None:
+        return "—"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:,.2f} {unit}"
+    return f"{value:,.0f} B"
+
+
+def fmt_params(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1e9:.2f} B" if value >= 1e9 else f"{value / 1e6:.1f} M"
+
+
+def fmt_metric(value, unit: str) -> str:
+    if unit == "ms":
+        return f"{fmt_ms(value)} ms"
+    if unit == "bytes":
+        return fmt_bytes(value)
+    return f"{fmt_num(value, 1)} {unit}"
+
+
+FILTERS = {"num": fmt_num, "ms": fmt_ms, "pct": fmt_pct, "x": fmt_x, "bytes": fmt_bytes, "params": fmt_params}
+
+
+# -- describing specs ------------------------------------------------------------------------------------------
+
+
+def describe_prune(spec) -> str:
+    if spec is None:
+        return "none (dense)"
+    kind = spec.kind
+    if kind == "none":
+        return "none"
+    if kind == "unstructured":
+        return f"unstructured {fmt_pct(spec.sparsity, digits=0)} ({spec.criterion})"
+    if kind == "nm":
+        return f"{spec.n}:{spec.m} semi-structured ({spec.criterion})"
+    if kind == "mlp_channels":
+        return f"MLP channels −{fmt_pct(spec.ratio, digits=0)} ({spec.criterion})"
+    if kind == "heads":
+        return f"attention heads −{fmt_pct(spec.ratio, digits=0)} ({spec.criterion}, {spec.mode})"
+    if kind == "layers":
+        return f"{spec.num_layers} layers removed ({spec.criterion})"
+    return str(kind)
+
+
+def describe_recovery(spec, info=None) -> str:
+    if spec is None or spec.method == "none":
+        return "none"
+    if info is not None and info.steps:
+        return f"{spec.method} ({spec.loss}), {info.steps} steps"
+    return f"{spec.method} ({spec.loss})"
+
+
+def model_display_name(results) -> str:
+    return results.plan.model or "embedded SmolLM2-135M-Instruct"
+
+
+# -- documents ---------------------------------------------------------------------------------------------------
+
+
+def load_profile(profile):
+    """A Profile document, a path to profile.json, or None."""
+    if profile is None or not isinstance(profile, (str, Path, dict)):
+        return profile
+    from planner.profile.schema import Profile
+
+    if isinstance(profile, dict):
+        return Profile.model_validate(profile)
+    return _load_json_document(Path(profile), Profile, "profile")
+
+
+def load_plan(plan):
+    """A Plan document, a path to plan.json, or None."""
+    if plan is None or not isinstance(plan, (str, Path, dict)):
+        return plan
+    from planner.decide import plan as plan_module
+
+    if isinstance(plan, dict):
+        return plan_module.Plan.model_validate(plan)
+    return plan_module.load_plan(Path(plan))
+
+
+def _load_json_document(path: Path, model, what: str):
+    import json
+
+    from pydantic import ValidationError
+
+    from planner.cli.common import format_validation_error
+    from planner.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, ValidationError):
+            raise InputError(f"{what} file {str(path)!r} is invalid: {format_validation_error(exc)}") from None
+        raise InputError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from None
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def variant_rows(results) -> list[dict[str, Any]]:
+    dense = results.dense
+    speedups = {s.variant: s for s in results.speedups}
+    candidates = {c.rank: c for c in results.plan.candidates}
+    metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    rows = []
+    for v in results.variants:
+        q, lat = v.quality, v.latency
+        slices = list(q.slices.values()) if q is not None else []
+        ems = [s.exact_match for s in slices if s.exact_match is not None]
+        cand = candidates.get(v.candidate_rank)
+        spec = v.pruning.spec if v.pruning is not None else (cand.prune if cand else None)
+        recovery_spec = v.recovery.spec if v.recovery is not None else (cand.recovery if cand else None)
+        ppl_delta = None
+        if q is not None and dense is not None and dense.quality is not None:
+            ppl_delta = q.heldout_ppl / dense.quality.heldout_ppl - 1.0
+        sp = speedups.get(v.name)
+        goal_value = None
+        if metric == "file_bytes":
+            goal_value = v.size.file_bytes
+        elif metric and lat is not None:
+            goal_value = getattr(lat, metric)
+        rows.append({
+            "name": v.name,
+            "dense": v.role == "dense",
+            "rank": v.candidate_rank,
+            "pruning": describe_prune(spec) if v.role == "pruned" else "none (baseline)",
+            "recovery": describe_recovery(recovery_spec, v.recovery) if v.role == "pruned" else "—",
+            "parameters": v.size.parameters,
+            "nonzero_parameters": v.size.nonzero_parameters,
+            "file_bytes": v.size.file_bytes,
+            "sparsity": v.size.achieved_sparsity,
+            "pattern": v.size.pattern,
+            "shape": v.size.shape,
+            "heldout_ppl": q.heldout_ppl if q else None,
+            "heldout_tokens": q.heldout_tokens if q else None,
+            "user_text_ppl": q.user_text_ppl if q else None,
+            "ppl_delta": ppl_delta,
+            "mean_kl": _mean([s.kl for s in slices]),
+            "min_top1": min((s.top1_agreement for s in slices), default=None),
+            "mean_exact_match": _mean(ems),
+            "latency": lat,
+            "goal_value": goal_value,
+            "measured_speedup": 1.0 if v.role == "dense" and goal_value else (sp.measured if sp else None),
+            "predicted_speedup": sp.predicted if sp else None,
+            "checkpoint": v.checkpoint,
+        })
+    return rows
+
+
+def slice_rows(results) -> list[dict[str, Any]]:
+    rows = []
+    for v in results.variants:
+        if v.quality is None:
+            continue
+        for s in v.quality.slices.values():
+            rows.append({"variant": v.name, "dense": v.role == "dense", "slice": s.name, "source": s.source,
+                         "prompts": s.prompts, "positions": s.positions, "kl": s.kl, "top1": s.top1_agreement,
+                         "exact_match": s.exact_match, "hits": s.exact_match_hits,
+                         "teacher_correct": s.teacher_correct})
+    return rows
+
+
+def verdict(results, rows, budget: float, budget_source: str) -> dict[str, Any]:
+    """One line: the best measured trade-off within the perplexity budget, or keep dense."""
+    goal = results.plan.goal
+    measured_on = f"measured on {results.provenance.device.label}"
+    projected_to = f"projected to {results.plan.gpu}"
+    metric = GOAL_METRICS.get(goal, (None, True))[0]
+    label, unit = METRIC_LABELS.get(metric, (goal, ""))
+    pruned = [r for r in rows if not r["dense"]]
+    dense = next((r for r in rows if r["dense"]), None)
+    if not pruned:
+        return {"status": "neutral", "text": f"Only the dense baseline was measured: no pruned variant was run "
+                                               f"for goal {goal}."}
+    if metric is None:
+        return {"status": "neutral", "text": f"Goal {goal} has no measured metric in the results; compare the "
+                                               f"sizes and quality below."}
+    eligible = [r for r in pruned if r["measured_speedup"] and r["measured_speedup"] >= MIN_WIN
+                and r["ppl_delta"] is not None and r["ppl_delta"] <= budget]
+    if eligible:
+        best = max(eligible, key=lambda r: r["measured_speedup"])
+        predicted = (f", {fmt_x(best['predicted_speedup'])} {projected_to}"
+                     if best["predicted_speedup"] is not None else "")
+        text = (f"{best['name']} ({best['pruning']}; recovery {best['recovery']}) is the best measured trade-off: "
+                f"{label} {fmt_metric(dense['goal_value'], unit)} → {fmt_metric(best['goal_value'], unit)}, "
+                f"{fmt_x(best['measured_speedup'])} {BETTER_WORD.get(unit, 'better')} {measured_on}{predicted}; "
+                f"held-out perplexity {fmt_pct(best['ppl_delta'], signed=True)} "
+                f"(budget {fmt_pct(budget, signed=True, digits=0)}, {budget_source}).")
+        return {"status": "win", "text": text, "variant": best["name"]}
+    fastest = max(pruned, key=lambda r: r["measured_speedup"] or 0.0)
+    reason = (f"no pruned variant is at least {fmt_x(MIN_WIN)} {BETTER_WORD.get(unit, 'better')} on {label} "
+              f"{measured_on} within the {fmt_pct(budget, signed=True, digits=0)} perplexity budget")
+    text = (f"Keep the dense model: {reason} (best measured: {fastest['name']}, "
+            f"{fmt_x(fastest['measured_speedup'])}, perplexity {fmt_pct(fastest['ppl_delta'], signed=True)}).")
+    return {"status": "no-win", "text": text}
+
+
+def _chart_latency_metric(results) -> tuple[str, str]:
+    metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    if metric in ("p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "tpot_p50_ms"):
+        return metric, METRIC_LABELS[metric][0]
+    return "p95_ms", "p95 latency"
+
+
+def result_charts(results, rows) -> dict[str, Markup | None]:
+    measured_on = f"measured on {results.provenance.device.label}"
+    projected_to = f"projected to {results.plan.gpu}"
+    metric, label = _chart_latency_metric(results)
+    points = []
+    for r in rows:
+        lat = r["latency"]
+        value = getattr(lat, metric) if lat is not None else None
+        quality = 0.0 if r["dense"] and r["heldout_ppl"] is not None else r["ppl_delta"]
+        points.append({"label": r["name"], "latency": value, "quality": None if quality is None else 100 * quality,
+                       "dense": r["dense"]})
+    scatter = None
+    if sum(1 for p in points if p["latency"] is not None and p["quality"] is not None) >= 2:
+        scatter = Markup(charts.quality_latency_svg(
+            points, latency_label=f"{label}, ms ({measured_on})",
+            quality_label="held-out perplexity increase over dense, %"))
+    speed_rows = [{"label": r["name"], "predicted": r["predicted_speedup"], "measured": r["measured_speedup"]}
+                  for r in rows if not r["dense"]]
+    speed = None
+    goal_metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    if any(r["predicted"] is not None or r["measured"] is not None for r in speed_rows):
+        speed = Markup(charts.speedup_svg(
+            speed_rows, predicted_label=f"predicted ({projected_to})", measured_label=f"measured ({measured_on})",
+            metric=METRIC_LABELS.get(goal_metric, (results.plan.goal, ""))[0]))
+    curves = {v.name: [(p.step, p.loss) for p in v.recovery.loss_curve]
+              for v in results.variants if v.recovery is not None and v.recovery.loss_curve}
+    loss = Markup(charts.loss_curve_svg(curves)) if curves else None
+    return {"quality_latency": scatter, "speedup": speed, "loss": loss}
+
+
+def recovery_rows(results) -> list[dict[str, Any]]:
+    rows = []
+    for v in results.variants:
+        r = v.recovery
+        if r is None:
+            continue
+        rows.append({"variant": v.name, "method": describe_recovery(r.spec), "steps": r.steps, "tokens": r.tokens,
+                     "seconds": r.seconds, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
+                     "final_loss": r.loss_curve[-1].loss if r.loss_curve else None, "stopped_by": r.stopped_by,
+                     "lr": r.spec.lr, "max_minutes": r.spec.max_minutes})
+    return rows
+
+
+def _budget(plan) -> tuple[float, str]:
+    from planner.workload import QualityBudget
+
+    budget = getattr(plan, "budget", None) if plan is not None else None
+    value = getattr(budget, "max_ppl_increase", None)
+    if value is not None:
+        return float(value), "the plan's quality budget"
+    return QualityBudget().max_ppl_increase, "default quality budget"
+
+
+def build_context(results, profile=None, plan=None, problems: dict[str, str] | None = None) -> dict[str, Any]:
+    from planner.report.decision import plan_view
+    from planner.report.profile_view import profile_view
+
+    device = results.provenance.device
+    rows = variant_rows(results)
+    budget, budget_source = _budget(plan)
+    goal_metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    metric_label, metric_unit = METRIC_LABELS.get(goal_metric, (results.plan.goal, ""))
+    return {
+        "results": results,
+        "model_name": model_display_name(results),
+        "measured_on": f"measured on {device.label}",
+        "projected_to": f"projected to {results.plan.gpu}",
+        "device": device,
+        "workload": results.plan.workload,
+        "goal": results.plan.goal,
+        "goal_metric_label": metric_label,
+        "goal_metric_unit": metric_unit,
+        "gpu": results.plan.gpu,
+        "verdict": verdict(results, rows, budget, budget_source),
+        "budget": budget,
+        "rows": rows,
+        "slices": slice_rows(results),
+        "recovery": recovery_rows(results),
+        "charts": result_charts(results, rows),
+        "profile": profile_view(profile, results, problem=(problems or {}).get("profile.json")),
+        "decision": plan_view(plan, results, problem=(problems or {}).get("plan.json")),
+        "runtimes": sorted({r["latency"].runtime for r in rows if r["latency"] is not None}),
+        "fmt_metric": fmt_metric,
+    }

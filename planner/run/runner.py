@@ -1,0 +1,559 @@
+"""The runner: plan.json -> prune -> recover -> export -> evaluate -> benchmark -> results.json (+ report.html).
+
+A run lives in one folder (default `runs/<plan-stem>-<hash>/`):
+
+    manifest.json             inputs and their hashes, options, packages, device: what a resume must match
+    plan.json                 the plan as it was run
+    stages/<stage>.json       one per finished stage, written atomically and last: its presence marks the stage done
+    <rank>-<name>/pruned/     the pruned checkpoint (+ masks.safetensors for masked kinds)
+    <rank>-<name>/model/      the recovered checkpoint (the pruned one when recovery is "none")
+    results.json, report.html
+
+Stages: teacher (the dense model's greedy continuations of every prompt set), quality:dense, then per candidate
+prune:<rank>, recover:<rank>, quality:<rank>, and finally latency (all variants interleaved). `resume=True` skips
+every stage whose marker exists; the pruned and recovered models come back from their exported checkpoints.
+Every write is atomic (temporary name + rename), so Ctrl-C or a kill leaves only finished stages behind.
+
+The source model is never written to: the teacher is loaded once and only read; each student is a deep copy or
+a reload of an exported checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from planner.errors import InputError, did_you_mean
+from planner.run.results import (CandidateSummary, PlanSummary, Provenance, Quality, RecoveryInfo, Results, Size,
+                                 StageTiming, Variant, save_results, write_atomic)
+
+RUN_KIND = "planner.run"
+RUN_VERSION = 1
+BENCH_DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunOptions:
+    """What to evaluate and how to time it. Every field but `progress` and `report` must match on resume."""
+
+    eval_text: list[str] = field(default_factory=list)  # user text files for perplexity
+    eval_prompts: list[str] = field(default_factory=list)  # user JSONL prompt files, a regression slice
+    slices: list[str] | None = None  # bundled capability slices (default: all)
+    ppl_seq_len: int = 512
+    ppl_max_tokens: int = 16_384
+    requests: int = 10  # timed requests per variant
+    warmup: int = 2
+    runtime: str = "hf-eager"
+    bench_dtype: str | None = None  # default: fp32 on CPU, the plan's serving dtype on CUDA
+    prompt_len: int | None = None  # override the plan's workload for the benchmark
+    gen_len: int | None = None
+    batch_size: int | None = None
+    device: str | None = None  # default: cuda when available, else cpu
+    measure_memory: bool = True
+    report: bool = True
+    progress: bool = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("report")
+        data.pop("progress")
+        return data
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "candidate"
+
+
+def _jsonable(value: Any) -> Any:
+    """PruneResult.details may hold tensors or tuples: turn them into JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _say(message: str, enabled: bool = True) -> None:
+    if enabled:
+        from planner.cli._out import err_console
+
+        err_console().print(message)
+
+
+# -- selecting candidates ---------------------------------------------------------------------------------------
+
+
+def select_candidates(plan, candidate: int | None, all_top: int | None) -> list:
+    if not plan.candidates:
+        raise InputError(f"the plan has no candidates to run (verdict: {plan.verdict.text}); nothing to prune")
+    ranks = [c.rank for c in plan.candidates]
+    if candidate is not None and all_top is not None:
+        raise InputError("pass either --candidate N or --all K, not both")
+    if all_top is not None:
+        if all_top < 1:
+            raise InputError(f"--all takes the number of top candidates to run (>= 1), got {all_top}")
+        return list(plan.candidates[:all_top])
+    rank = 1 if candidate is None else candidate
+    for c in plan.candidates:
+        if c.rank == rank:
+            return [c]
+    raise InputError(f"the plan has no candidate of rank {rank} (accepted: {', '.join(map(str, ranks))})")
+
+
+# -- the run folder ---------------------------------------------------------------------------------------------
+
+
+class RunFolder:
+    def __init__(self, root: Path):
+        self.root = root
+        self.stages = root / "stages"
+
+    def marker(self, stage: str) -> Path:
+        return self.stages / f"{stage.replace(':', '-')}.json"
+
+    def done(self, stage: str) -> bool:
+        return self.marker(stage).is_file()
+
+    def read(self, stage: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.marker(stage).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"stage output {str(self.marker(stage))!r} is unreadable ({exc}); "
+                             "delete it to redo that stage") from None
+
+    def write(self, stage: str, seconds: float, output: dict[str, Any]) -> None:
+        record = {"stage": stage, "seconds": seconds, "finished_at": _now(), "output": output}
+        write_atomic(self.marker(stage), json.dumps(record, indent=1, default=str))
+
+    def clean_partial(self) -> None:
+        """Remove temporaries a hard kill (not Ctrl-C) may have left; finished outputs are never temporaries."""
+        for tmp in list(self.root.rglob(".*tmp*")):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def default_run_dir(plan_path: Path, plan_sha: str, ranks: list[int]) -> Path:
+    key = hashlib.sha256(f"{plan_sha}|{','.join(map(str, ranks))}".encode()).hexdigest()[:8]
+    return Path("runs") / f"{plan_path.stem}-{key}"
+
+
+# -- the runner -------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, plan, plan_path: Path, folder: RunFolder, candidates: list, options: RunOptions,
+                 manifest: dict[str, Any], device: str):
+        self.plan = plan
+        self.plan_path = plan_path
+        self.folder = folder
+        self.candidates = candidates
+        self.opt = options
+        self.manifest = manifest
+        self.device = device
+        self.timings: list[StageTiming] = []
+        self._dense = None
+        self._prompt_sets = None
+
+    # -- shared inputs, loaded on first use (a resumed run may not need them) --
+
+    @property
+    def dense(self):
+        if self._dense is None:
+            from planner.models import load_model
+
+            self._dense = load_model(self.plan.model or None, dtype="fp32", device=self.device)
+        return self._dense
+
+    @property
+    def tokenizer(self):
+        return self.dense.tokenizer
+
+    def prompt_sets(self):
+        if self._prompt_sets is None:
+            from planner.evaluate.prompts import SLICES, bundled_slices, load_prompt_file
+
+            sets = bundled_slices(self.opt.slices if self.opt.slices is not None else SLICES)
+            for path in self.opt.eval_prompts:
+                name = "user" if len(self.opt.eval_prompts) == 1 else f"user:{Path(path).stem}"
+                sets.append(load_prompt_file(path, name, "user"))
+            self._prompt_sets = sets
+        return self._prompt_sets
+
+    def seq_len(self, model) -> int:
+        from planner.evaluate.agreement import max_positions
+
+        limit = max_positions(model)
+        return min(self.opt.ppl_seq_len, limit) if limit else self.opt.ppl_seq_len
+
+    # -- stages --
+
+    def stage(self, name: str, fn: Callable[[], dict[str, Any]], number: int, total: int) -> dict[str, Any]:
+        if self.folder.done(name):
+            record = self.folder.read(name)
+            self.timings.append(StageTiming(name=name, seconds=float(record.get("seconds", 0.0)), status="resumed"))
+            _say(f"[dim]stage {number}/{total} {name}: finished earlier, skipped[/]", self.opt.progress)
+            return record["output"]
+        _say(f"[bold]stage {number}/{total}[/] {name}", self.opt.progress)
+        start = time.perf_counter()
+        output = fn()
+        seconds = time.perf_counter() - start
+        self.folder.write(name, seconds, output)
+        self.timings.append(StageTiming(name=name, seconds=seconds, status="done"))
+        return output
+
+    def cand_dir(self, cand) -> Path:
+        return self.folder.root / f"{cand.rank}-{_slug(cand.name)}"
+
+    def heldout_ppl(self, model) -> dict[str, Any]:
+        from planner.data import heldout_text
+        from planner.evaluate.perplexity import perplexity
+
+        return perplexity(model, self.tokenizer, heldout_text(), seq_len=self.seq_len(model),
+                          max_tokens=self.opt.ppl_max_tokens)
+
+    def run_teacher(self) -> dict[str, Any]:
+        from planner.evaluate.agreement import teacher_traces
+
+        model = self.dense.model
+        size = _size(model, None, _weights_bytes_on_disk(self.dense.source.path), None)
+        return {"dense_size": size, "traces": {ps.name: teacher_traces(model, self.tokenizer, ps, self.opt.progress)
+                                               for ps in self.prompt_sets()}}
+
+    def run_quality(self, model, traces: dict[str, Any]) -> dict[str, Any]:
+        from planner.data import read_text_files
+        from planner.evaluate.agreement import slice_agreement
+        from planner.evaluate.perplexity import perplexity
+
+        held = self.heldout_ppl(model)
+        quality: dict[str, Any] = {"heldout_ppl": held["ppl"], "heldout_nll": held["nll"],
+                                   "heldout_tokens": held["tokens"], "seq_len": held["seq_len"]}
+        if self.opt.eval_text:
+            user = perplexity(model, self.tokenizer, read_text_files(self.opt.eval_text), seq_len=self.seq_len(model),
+                              max_tokens=self.opt.ppl_max_tokens)
+            quality.update(user_text_ppl=user["ppl"], user_text_tokens=user["tokens"])
+        quality["slices"] = {ps.name: slice_agreement(model, self.dense.model, self.tokenizer, ps, traces[ps.name],
+                                                      self.opt.progress)
+                             for ps in self.prompt_sets()}
+        return Quality.model_validate(quality).model_dump(mode="json")
+
+    def run_prune(self, cand) -> dict[str, Any]:
+        from planner.data import calibration_text, read_text_files, token_blocks
+        from planner.export import export_model
+        from planner.prune import apply_pruning
+        from planner.prune.specs import MASKED_KINDS
+        from planner.run.masks import save_masks
+
+        model = copy.deepcopy(self.dense.model)  # the teacher stays untouched
+        cal = cand.calibration
+        text = read_text_files(cal.text_files) if cal.text_files else calibration_text()
+        calib = token_blocks(self.tokenizer, text, cal.num_samples, min(cal.seq_len, self.seq_len(model)))
+        result = apply_pruning(model, cand.prune, calib.to(self.device))
+        out_dir = self.cand_dir(cand) / "pruned"
+        ppl_before = None
+        if cand.recovery.method != "none":
+            ppl_before = self.heldout_ppl(model)["ppl"]
+        details = _jsonable(result.details)
+        meta = {"planner_stage": "prune", "prune": cand.prune.model_dump(mode="json"),
+                "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
+        exported = export_model(model, self.tokenizer, out_dir, meta, overwrite=True)
+        if cand.prune.kind in MASKED_KINDS and result.masks:
+            save_masks(result.masks, out_dir / "masks.safetensors")
+        info = {"spec": cand.prune.model_dump(mode="json"), "params_before": result.params_before,
+                "params_after": result.params_after, "achieved_sparsity": result.achieved_sparsity,
+                "details": details, "seconds": result.seconds}
+        return {"checkpoint": str(out_dir), "pruning": info, "ppl_before": ppl_before,
+                "size": _size(model, cand.prune, exported["file_bytes"], result.achieved_sparsity)}
+
+    def load_checkpoint(self, folder: str | Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval().to(self.device)
+
+    def run_recover(self, cand, pruned: dict[str, Any]) -> dict[str, Any]:
+        from planner.export import export_model
+        from planner.recover import recover
+        from planner.run.masks import load_masks
+
+        spec = cand.recovery
+        if spec.method == "none":
+            return {"checkpoint": pruned["checkpoint"], "recovery": None, "size": pruned["size"]}
+        student = self.load_checkpoint(pruned["checkpoint"])
+        mask_file = Path(pruned["checkpoint"]) / "masks.safetensors"
+        masks = load_masks(mask_file) if mask_file.is_file() else None
+        result = recover(student, self.dense.model, self.tokenizer, spec, masks=masks, progress=self.opt.progress)
+        out_dir = self.cand_dir(cand) / "model"
+        meta = {"planner_stage": "recover", "prune": cand.prune.model_dump(mode="json"),
+                "recovery": spec.model_dump(mode="json"), "candidate": cand.name,
+                "achieved_sparsity": pruned["size"]["achieved_sparsity"]}
+        exported = export_model(student, self.tokenizer, out_dir, meta, overwrite=True)
+        info = {"spec": spec.model_dump(mode="json"), "steps": result.steps, "tokens": result.tokens,
+                "loss_curve": [{"step": int(s), "loss": float(v)} for s, v in result.loss_curve],
+                "ppl_before": pruned["ppl_before"], "seconds": result.seconds, "stopped_by": result.stopped_by}
+        return {"checkpoint": str(out_dir), "recovery": info,
+                "size": _size(student, cand.prune, exported["file_bytes"], pruned["size"]["achieved_sparsity"])}
+
+    def run_latency(self, checkpoints: dict[str, str], measured_on: str) -> dict[str, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from planner.latency import BenchConfig, Subject, benchmark
+        from planner.models import TORCH_DTYPES
+
+        workload = self.plan.workload
+        dtype = self.opt.bench_dtype or ("fp32" if self.device == "cpu" else
+                                         (workload.dtype if workload.dtype in BENCH_DTYPES else "bf16"))
+        config = BenchConfig(prompt_len=self.opt.prompt_len or workload.prompt_len,
+                             gen_len=self.opt.gen_len or workload.gen_len,
+                             batch_size=self.opt.batch_size or workload.batch_size, requests=self.opt.requests,
+                             warmup=self.opt.warmup, runtime=self.opt.runtime, dtype=dtype, device=self.device,
+                             measure_memory=self.opt.measure_memory)
+        subjects = []
+        for name, folder in checkpoints.items():
+            model = None
+            if self.opt.runtime != "vllm":
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+                model = model.eval().to(self.device)
+            subjects.append(Subject(name, model, folder))
+        return benchmark(subjects, self.tokenizer, config, measured_on, self.opt.progress)
+
+
+def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None) -> dict[str, Any]:
+    from planner.arch import get_adapter
+
+    seen: set[int] = set()
+    params = nonzero = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        params += p.numel()
+        nonzero += int((p != 0).sum())
+    shape = get_adapter(model.config).shape(model.config)
+    pattern = "dense" if spec is None or spec.kind == "none" else (
+        f"{spec.n}:{spec.m}" if spec.kind == "nm" else spec.kind)
+    return Size(parameters=params, nonzero_parameters=nonzero, file_bytes=file_bytes,
+                achieved_sparsity=achieved_sparsity, pattern=pattern,
+                shape={"num_layers": shape.num_layers, "intermediate_size": shape.intermediate_size,
+                       "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads}).model_dump(mode="json")
+
+
+def _weights_bytes_on_disk(folder: Path) -> int | None:
+    files = list(folder.glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+# -- entry point -------------------------------------------------------------------------------------------------
+
+
+def _options(options: RunOptions | None, kwargs: dict[str, Any]) -> RunOptions:
+    names = {f.name for f in fields(RunOptions)}
+    for key in kwargs:
+        if key not in names:
+            raise TypeError(did_you_mean(key, names, "run option"))
+    opt = replace(options, **kwargs) if options else RunOptions(**kwargs)
+    if opt.bench_dtype is not None and opt.bench_dtype not in BENCH_DTYPES:
+        raise InputError(did_you_mean(opt.bench_dtype, BENCH_DTYPES, "benchmark dtype"))
+    if opt.ppl_seq_len < 2:
+        raise InputError(f"ppl-seq-len must be >= 2, got {opt.ppl_seq_len}")
+    for name in ("ppl_max_tokens", "requests"):
+        if getattr(opt, name) < 1:
+            raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(opt, name)}")
+    if opt.warmup < 0:
+        raise InputError(f"warmup must be >= 0, got {opt.warmup}")
+    for name in ("prompt_len", "gen_len", "batch_size"):
+        value = getattr(opt, name)
+        if value is not None and value < 1:
+            raise InputError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+    if opt.slices is not None:
+        from planner.evaluate.prompts import SLICES
+
+        for s in opt.slices:
+            if s not in SLICES:
+                raise InputError(did_you_mean(s, SLICES, "capability slice"))
+    from planner.latency import RUNTIMES
+
+    if opt.runtime not in RUNTIMES:
+        raise InputError(did_you_mean(opt.runtime, RUNTIMES, "runtime"))
+    return opt
+
+
+def _input_hashes(plan_sha: str, model_sha: str, opt: RunOptions) -> dict[str, str]:
+    from planner.run.provenance import sha256_file
+
+    hashes = {"plan": plan_sha, "model": model_sha}
+    for role, paths in (("eval_text", opt.eval_text), ("eval_prompts", opt.eval_prompts)):
+        for p in paths:
+            if not Path(p).is_file():
+                raise InputError(f"{role.replace('_', '-')} file {p!r} does not exist")
+            hashes[f"{role}:{p}"] = sha256_file(p)
+    return hashes
+
+
+def _check_resume(manifest: dict[str, Any], old: dict[str, Any], root: Path) -> None:
+    for key, what in (("input_hashes", "inputs"), ("candidates", "candidates"), ("options", "options")):
+        if old.get(key) != manifest[key]:
+            a, b = old.get(key) or {}, manifest[key]
+            if isinstance(a, dict) and isinstance(b, dict):
+                changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                detail = ", ".join(changed)
+            else:
+                detail = f"{a} -> {b}"
+            raise InputError(f"cannot resume {str(root)!r}: its {what} changed since it started ({detail}); "
+                             "run again without --resume into a new --out folder")
+
+
+def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate: int | None = None,
+             all_top: int | None = None, resume: bool = False, options: RunOptions | None = None,
+             **kwargs) -> Results:
+    """Run the plan's chosen candidate (rank `candidate`, default 1; or the top `all_top`) against the dense
+    model and write results.json (and report.html) into the run folder. Returns the Results document."""
+    from planner import __version__
+    from planner.decide.plan import load_plan
+    from planner.models import resolve_source
+    from planner.profile.device import pick_device
+    from planner.run.provenance import device_info, model_hash, package_versions, sha256_file
+
+    opt = _options(options, kwargs)
+    plan_path = Path(plan_path)
+    plan = load_plan(plan_path)
+    plan_sha = sha256_file(plan_path)
+    cands = select_candidates(plan, candidate, all_top)
+    ranks = [c.rank for c in cands]
+    root = Path(out_dir) if out_dir else default_run_dir(plan_path, plan_sha, ranks)
+    folder = RunFolder(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"run folder {str(root)!r} exists and is not a folder")
+    if (root / "manifest.json").is_file() and not resume:
+        raise InputError(f"run folder {str(root)!r} already holds a run; pass --resume to continue it, "
+                         "or --out NEW_FOLDER for a fresh run")
+    if resume and not (root / "manifest.json").is_file():
+        raise InputError(f"nothing to resume in {str(root)!r} (no manifest.json); run without --resume")
+
+    device = pick_device(opt.device)
+    source = resolve_source(plan.model or None)
+    if not source.has_weights:
+        raise InputError(f"the plan's model {plan.model!r} has no weights (config only); `plan run` needs weights")
+    _say(f"hashing inputs (model at {source.path})", opt.progress)
+    hashes = _input_hashes(plan_sha, model_hash(source.path), opt)
+    devinfo = device_info(device)
+    manifest = {"version": RUN_VERSION, "kind": RUN_KIND, "planner_version": __version__, "plan": str(plan_path),
+                "model": {"spec": plan.model, "name": source.name, "path": str(source.path)},
+                "input_hashes": hashes, "candidates": ranks, "options": opt.fingerprint(),
+                "packages": package_versions(), "device": devinfo.model_dump(mode="json"), "started_at": _now()}
+    root.mkdir(parents=True, exist_ok=True)
+    if resume:
+        old = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        _check_resume(manifest, old, root)
+        manifest["started_at"] = old.get("started_at", manifest["started_at"])
+        folder.clean_partial()
+    else:
+        write_atomic(root / "plan.json", plan_path.read_text(encoding="utf-8"))
+        write_atomic(root / "manifest.json", json.dumps(manifest, indent=2))
+
+    runner = Runner(plan, plan_path, folder, cands, opt, manifest, device)
+    try:
+        results = _run_stages(runner, source, devinfo)
+    except KeyboardInterrupt:
+        _say(f"[yellow]interrupted[/]: finished stages are kept in {root}; continue with --resume", True)
+        raise
+    path = save_results(results, root / "results.json")
+    _say(f"[green]results[/] {path}", opt.progress)
+    if opt.report:
+        _write_report(results, root / "report.html", plan, opt.progress)
+    return results
+
+
+def _run_stages(runner: Runner, source, devinfo) -> Results:
+    from planner import __version__
+
+    cands = runner.candidates
+    total = 3 + 3 * len(cands)
+    n = iter(range(1, total + 1))
+    teacher_out = runner.stage("teacher", runner.run_teacher, next(n), total)
+    teacher = teacher_out["traces"]
+    dense_quality = runner.stage("quality:dense", lambda: runner.run_quality(runner.dense.model, teacher), next(n),
+                                 total)
+    per_cand = []
+    for cand in cands:
+        pruned = runner.stage(f"prune:{cand.rank}", lambda c=cand: runner.run_prune(c), next(n), total)
+        recovered = runner.stage(f"recover:{cand.rank}", lambda c=cand, p=pruned: runner.run_recover(c, p),
+                                 next(n), total)
+
+        def quality(folder=recovered["checkpoint"]):
+            model = runner.load_checkpoint(folder)
+            return runner.run_quality(model, teacher)
+
+        per_cand.append((cand, pruned, recovered, runner.stage(f"quality:{cand.rank}", quality, next(n), total)))
+
+    names = _variant_names(cands)
+    checkpoints = {"dense": str(source.path)}
+    checkpoints.update({names[c.rank]: rec["checkpoint"] for c, _, rec, _ in per_cand})
+    latency = runner.stage("latency", lambda: runner.run_latency(checkpoints, devinfo.label), next(n), total)
+
+    variants = [Variant(name="dense", role="dense", checkpoint=str(source.path), size=teacher_out["dense_size"],
+                        quality=dense_quality, latency=latency.get("dense"))]
+    for cand, pruned, recovered, quality in per_cand:
+        rec = recovered["recovery"]
+        if rec is not None:
+            rec = RecoveryInfo.model_validate({**rec, "ppl_after": quality["heldout_ppl"]})
+        name = names[cand.rank]
+        variants.append(Variant(name=name, role="pruned", candidate_rank=cand.rank,
+                                checkpoint=recovered["checkpoint"], size=recovered["size"],
+                                pruning=pruned["pruning"], recovery=rec, quality=quality,
+                                latency=latency.get(name)))
+    plan = runner.plan
+    summary = PlanSummary(
+        path=str(runner.plan_path), goal=plan.goal.value, gpu=plan.gpu,
+        model=plan.model or source.name, workload=plan.workload,
+        candidates=[CandidateSummary(rank=c.rank, name=c.name, label=c.label, prune=c.prune, recovery=c.recovery,
+                                     projected_to=c.projected_to, goal_metric=c.goal_metric,
+                                     predicted_goal=c.predicted_goal, predicted_speedup=c.predicted_speedup,
+                                     predicted=c.predicted) for c in cands])
+    provenance = Provenance(planner_version=__version__, packages=runner.manifest["packages"], device=devinfo,
+                            input_hashes=runner.manifest["input_hashes"], started_at=runner.manifest["started_at"],
+                            finished_at=_now(), run_dir=str(runner.folder.root))
+    return Results(provenance=provenance, plan=summary, variants=variants, stages=runner.timings)
+
+
+def _variant_names(cands) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for c in cands:
+        name = c.name if c.name not in names.values() and c.name != "dense" else f"{c.name}#{c.rank}"
+        names[c.rank] = name
+    return names
+
+
+def _write_report(results: Results, path: Path, plan, progress: bool) -> None:
+    try:
+        from planner.report import render_report
+    except ImportError:
+        return
+    try:
+        render_report(results, path, plan=plan)
+        _say(f"[green]report[/] {path}", progress)
+    except InputError:
+        raise
+    except Exception as exc:  # results.json is already written; a report bug must not lose the run
+        _say(f"[yellow]warning[/]: report.html not written: {type(exc).__name__}: {exc}", True)
+
+
+__all__ = ["RunOptions", "run_plan", "select_candidates", "RunFolder", "Runner"]

@@ -1,0 +1,389 @@
+"""Structured pruning (MLP channels, heads, layers) on tiny random models of every family: exactness, export
+and reload, importance criteria against independent computations, and clear errors for impossible requests."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny import FAMILIES, example_ids, tiny_model, tiny_tokenizer
+
+import planner.prune.structured  # noqa: F401  registers the structured kinds
+from planner.arch import get_adapter
+from planner.errors import InputError
+from planner.export import export_model, read_metadata
+from planner.prune import apply_pruning
+from planner.prune.specs import HeadPruning, LayerPruning, MlpChannelPruning
+from planner.prune.structured import default_round_to
+from planner.prune.structured.channels import mlp_groups
+from planner.prune.structured.importance import activation, unit_scores
+from planner.prune.structured.slicing import weight_dim
+
+LLAMA_LIKE = ("llama", "qwen2", "mistral")
+CRITERIA = ("magnitude", "activation", "taylor")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return example_ids(4, 24)
+
+
+def logits(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+def zero_features(module, index, side: str) -> None:
+    """Zero the weights (and, for outputs, the bias entries) of features `index` on `side`."""
+    with torch.no_grad():
+        module.weight.index_fill_(weight_dim(module, side), torch.as_tensor(index), 0.0)
+        if side == "out" and getattr(module, "bias", None) is not None:
+            module.bias[torch.as_tensor(index)] = 0.0
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# -- ratio 0 is the identity -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ratio_zero_leaves_logits_identical(family, ids):
+    model = tiny_model(family)
+    before = logits(model, ids)
+    specs = [MlpChannelPruning(ratio=0.0, criterion="activation", round_to=64), LayerPruning(num_layers=0)]
+    if family in LLAMA_LIKE:
+        specs += [HeadPruning(ratio=0.0), HeadPruning(ratio=0.0, mode="per_group")]
+    for spec in specs:
+        result = apply_pruning(model, spec, ids)
+        assert result.params_after == result.params_before
+        assert torch.equal(logits(model, ids), before), spec
+
+
+# -- removing zeroed structure changes nothing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zeroed_mlp_channels_are_removed_exactly(family, criterion, ids):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    width = adapter.shape(model.config).intermediate_size
+    gen = torch.Generator().manual_seed(1)
+    zeroed = {}
+    for i, layer in enumerate(adapter.get_layers(model)):
+        zeroed[i] = set(torch.randperm(width, generator=gen)[: width // 4].tolist())
+        roles = [("gate", "out"), ("up", "out"), ("down", "in")] if adapter.gate else [("up", "out"), ("down", "in")]
+        for role, side in roles:
+            zero_features(adapter.projection(layer, role), sorted(zeroed[i]), side)
+    before = logits(model, ids)
+    # Channels the criterion scores 0 tie with the zeroed ones. Besides those, ReLU (OPT) leaves a few random channels
+    # dead on these tokens, and taylor scores 0 a channel that only fires at the last position (it has no label).
+    silent = unit_scores(criterion, model, ids, mlp_groups(model, adapter), progress=False)
+    dead = {i: set(torch.nonzero(silent[i] == 0).flatten().tolist()) for i in zeroed}
+
+    result = apply_pruning(model, MlpChannelPruning(ratio=0.25, criterion=criterion), ids)
+
+    kept = width - width // 4
+    assert adapter.shape(model.config).intermediate_size == kept
+    for i, layer in enumerate(adapter.get_layers(model)):
+        assert zeroed[i] <= dead[i]
+        assert set(range(width)) - set(result.details["kept_channels"][i]) <= dead[i]
+        down = adapter.projection(layer, "down")
+        assert down.weight.shape[weight_dim(down, "in")] == kept
+        if adapter.conv1d:
+            assert down.nx == kept and adapter.projection(layer, "up").nf == kept
+    exact = all(dead[i] == zeroed[i] for i in zeroed)
+    assert exact or family == "opt" or criterion == "taylor"
+    positions = slice(None) if exact or criterion != "taylor" else slice(None, -1)
+    torch.testing.assert_close(logits(model, ids)[:, positions], before[:, positions], atol=1e-5, rtol=0)
+    per_channel = 64 * 3 if adapter.gate else 64 * 2 + 1  # gate/up rows + down column; plain MLPs: + a bias entry
+    assert result.params_before - result.params_after == 3 * (width // 4) * per_channel
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("family,mode,ratio", [("llama", "kv_group", 0.5), ("qwen2", "kv_group", 0.5),
+                                               ("llama", "per_group", 0.5), ("mistral", "per_group", 0.25)])
+def test_zeroed_heads_are_removed_exactly(family, mode, ratio, criterion, ids):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    shape = adapter.shape(model.config)
+    hd, group = shape.head_dim, shape.group_size
+    dead_heads = {}
+    for i, layer in enumerate(adapter.get_layers(model)):
+        if mode == "kv_group":
+            dead_kv = (i + 1) % shape.num_kv_heads  # a different group per layer
+            heads = list(range(dead_kv * group, (dead_kv + 1) * group))
+            kv_cols = list(range(dead_kv * hd, (dead_kv + 1) * hd))
+            zero_features(adapter.projection(layer, "k"), kv_cols, "out")
+            zero_features(adapter.projection(layer, "v"), kv_cols, "out")
+        else:
+            heads = [j * group + (i + j) % group for j in range(shape.num_kv_heads)]  # one per group
+        cols = [h * hd + d for h in heads for d in range(hd)]
+        zero_features(adapter.projection(layer, "q"), cols, "out")
+        zero_features(adapter.projection(layer, "o"), cols, "in")
+        dead_heads[i] = set(heads)
+    before = logits(model, ids)
+
+    result = apply_pruning(model, HeadPruning(ratio=ratio, criterion=criterion, mode=mode), ids)
+
+    after = adapter.shape(model.config)
+    assert after.head_dim == hd
+    assert after.num_heads == shape.num_heads - len(dead_heads[0])
+    assert after.num_kv_heads == (shape.num_kv_heads - 1 if mode == "kv_group" else shape.num_kv_heads)
+    for i, layer in enumerate(adapter.get_layers(model)):
+        assert not dead_heads[i] & set(result.details["kept_heads"][i])
+        assert adapter.projection(layer, "q").weight.shape == (after.q_dim, shape.hidden_size)
+        assert adapter.projection(layer, "k").weight.shape == (after.kv_dim, shape.hidden_size)
+        assert adapter.projection(layer, "o").weight.shape == (shape.hidden_size, after.q_dim)
+    torch.testing.assert_close(logits(model, ids), before, atol=1e-5, rtol=0)
+
+
+def make_identity_layer(model, index: int) -> None:
+    """Zero what layer `index` adds to the residual stream (attention output and MLP output): it becomes the identity."""
+    adapter = get_adapter(model)
+    layer = adapter.get_layers(model)[index]
+    for role in ("o", "down"):
+        proj = adapter.projection(layer, role)
+        with torch.no_grad():
+            proj.weight.zero_()
+            if getattr(proj, "bias", None) is not None:
+                proj.bias.zero_()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_influence_removes_an_identity_layer_exactly(family, ids):
+    model = tiny_model(family)
+    make_identity_layer(model, 1)
+    before = logits(model, ids)
+
+    result = apply_pruning(model, LayerPruning(num_layers=1, criterion="block_influence"), ids)
+
+    assert result.details["removed_layers"] == [1]
+    assert result.details["kept_layers"] == [0, 2]
+    assert result.details["scores"][1] == pytest.approx(0.0, abs=1e-6)
+    adapter = get_adapter(model)
+    assert len(adapter.get_layers(model)) == adapter.shape(model.config).num_layers == 2
+    torch.testing.assert_close(logits(model, ids), before, atol=1e-5, rtol=0)
+
+
+def test_ablation_scores_are_perplexity_without_each_layer(ids):
+    from planner.evaluate.perplexity import perplexity_of_ids
+
+    model = tiny_model("llama")
+    make_identity_layer(model, 2)
+    dense_ppl = perplexity_of_ids(model, ids)["ppl"]
+    reference = []
+    for i in range(3):  # independent: a deep copy with layer i really removed
+        copy_i = copy.deepcopy(model)
+        del copy_i.model.layers[i]
+        copy_i.config.num_hidden_layers = 2
+        reference.append(perplexity_of_ids(copy_i, ids)["ppl"])
+
+    result = apply_pruning(model, LayerPruning(num_layers=1, criterion="ablation"), ids)
+
+    scores = [result.details["scores"][i] for i in range(3)]
+    assert scores == pytest.approx(reference, rel=1e-5)
+    assert scores[2] == pytest.approx(dense_ppl, rel=1e-5)
+    assert result.details["removed_layers"] == [min(range(3), key=scores.__getitem__)]
+
+
+# -- export: a smaller dense checkpoint that loads with plain from_pretrained ------------------------------------
+
+
+def _export_cases():
+    cases = []
+    for family in FAMILIES:
+        cases.append((family, MlpChannelPruning(ratio=0.5, criterion="activation", round_to=8)))
+        cases.append((family, LayerPruning(num_layers=1)))
+    cases += [(f, HeadPruning(ratio=0.5, criterion="taylor")) for f in ("llama", "qwen2")]
+    cases += [(f, HeadPruning(ratio=0.25, mode="per_group")) for f in ("mistral",)]
+    return cases
+
+
+@pytest.mark.parametrize("family,spec", _export_cases(), ids=lambda x: getattr(x, "kind", x))
+def test_export_reloads_with_from_pretrained(family, spec, ids, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(family)
+    if spec.kind == "layers":
+        make_identity_layer(model, 1)  # the middle layer goes: the last one must be renumbered
+    result = apply_pruning(model, spec, ids)
+    meta = export_model(model, tokenizer, tmp_path / "pruned", {"prune": spec.model_dump()})
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    assert meta["parameters"] == result.params_after == sum(p.numel() for p in reloaded.parameters())
+    assert read_metadata(tmp_path / "pruned")["file_bytes"] > 0
+    adapter = get_adapter(reloaded)
+    assert adapter.shape(reloaded.config) == adapter.shape(model.config)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert a.shape == b.shape, name
+    torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), atol=1e-5, rtol=0)
+
+    # generation with a KV cache agrees with the in-memory model and with cache-free greedy decoding
+    prompt = ids[:1, :6]
+    cached = reloaded.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(cached, model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0))
+    uncached = reloaded.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+# -- importance criteria against independent computations --------------------------------------------------------
+
+
+def test_activation_importance_is_each_groups_output_contribution(ids):
+    from planner.prune.structured.heads import head_groups
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    shape = adapter.shape(model.config)
+    groups = head_groups(model, adapter, shape, "kv_group")
+    scores = activation(model, ids, groups, batch_size=2, progress=False)
+
+    o_proj = adapter.projection(adapter.get_layers(model)[0], "o")
+    captured = []
+    handle = o_proj.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
+    logits(model, ids)
+    handle.remove()
+    x = captured[0]
+    width = shape.group_size * shape.head_dim
+    for g in range(shape.num_kv_heads):  # contribution = o(x) - o(x with that group's heads silenced)
+        silenced = x.clone()
+        silenced[..., g * width:(g + 1) * width] = 0
+        with torch.no_grad():
+            expected = torch.linalg.vector_norm(o_proj(x) - o_proj(silenced))
+        assert float(scores[0][g]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_taylor_importance_matches_finite_differences(ids):
+    from planner.prune.structured.importance import taylor
+
+    model = tiny_model("llama").double()
+    adapter = get_adapter(model)
+    groups = mlp_groups(model, adapter)
+    scores = taylor(model, ids, groups, batch_size=ids.shape[0], progress=False)  # one batch: (sum g*w)^2
+
+    def loss_with_channel_scaled(layer_index, channel, factor):
+        trial = copy.deepcopy(model)
+        layer = adapter.get_layers(trial)[layer_index]
+        with torch.no_grad():
+            for role, side in (("gate", "out"), ("up", "out"), ("down", "in")):
+                w = adapter.projection(layer, role).weight
+                w.narrow(weight_dim(adapter.projection(layer, role), side), channel, 1).mul_(factor)
+            return float(trial(input_ids=ids, labels=ids).loss)
+
+    eps = 1e-4
+    for layer_index, channel in [(0, 3), (2, 77)]:
+        # d loss / d alpha at alpha=1, scaling the channel's weights by alpha, is sum(grad * weight)
+        slope = (loss_with_channel_scaled(layer_index, channel, 1 + eps)
+                 - loss_with_channel_scaled(layer_index, channel, 1 - eps)) / (2 * eps)
+        assert float(scores[layer_index][channel]) == pytest.approx(slope**2, rel=1e-4)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_source_weights_untouched_by_scoring(ids):
+    model = tiny_model("qwen2")
+    before = state(model)
+
+    for criterion in CRITERIA:
+        unit_scores(criterion, model, ids, mlp_groups(model, get_adapter(model)), progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+
+
+# -- impossible requests are clear errors, raised before the model is touched ------------------------------------
+
+
+@pytest.mark.parametrize("family,spec,match", [
+    ("llama", HeadPruning(ratio=0.9), "removes all 2 KV groups"),
+    ("llama", HeadPruning(ratio=0.2), "removes no whole unit"),
+    ("mistral", HeadPruning(ratio=0.5), "removes all 1 KV groups"),
+    ("mistral", HeadPruning(ratio=0.1, mode="per_group"), "smallest step is 1/4"),
+    ("mistral", HeadPruning(ratio=0.9, mode="per_group"), "removes all 4 query heads per KV group"),
+    ("gpt2", HeadPruning(ratio=0.5), "not supported for 'gpt2'"),
+    ("opt", HeadPruning(ratio=0.5), "not supported for 'opt'"),
+    ("llama", LayerPruning(num_layers=3), "would remove all 3 decoder layers"),
+    ("gpt2", LayerPruning(num_layers=5), "accepted: 0 to 2"),
+    ("llama", MlpChannelPruning(ratio=0.9, round_to=64), "leaves 0"),
+    ("llama", MlpChannelPruning(ratio=0.1, round_to=64), "removes nothing"),
+    ("qwen2", MlpChannelPruning(ratio=0.5, criterion="activation"), "needs calibration token ids"),
+    ("llama", LayerPruning(num_layers=1), "needs calibration token ids"),
+])
+def test_impossible_requests_raise_input_error_and_leave_model_alone(family, spec, match):
+    model = tiny_model(family)
+    before = state(model)
+    config_before = model.config.to_dict()
+    with pytest.raises(InputError, match=match):
+        apply_pruning(model, spec, None)
+    assert model.config.to_dict() == config_before
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_per_group_needs_grouped_query_attention(ids):
+    model = tiny_model("llama", num_key_value_heads=4)
+    with pytest.raises(InputError, match="per_group' needs grouped-query attention"):
+        apply_pruning(model, HeadPruning(ratio=0.5, mode="per_group"), ids)
+
+
+def test_gpt2_layer_removal_refuses_position_dependent_scaling(ids):
+    model = tiny_model("gpt2", scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(InputError, match="scale_attn_by_inverse_layer_idx"):
+        apply_pruning(model, LayerPruning(num_layers=1), ids)
+
+
+def test_round_to_is_honoured_and_achieved_ratio_reported(ids):
+    model = tiny_model("llama")  # intermediate 128
+    result = apply_pruning(model, MlpChannelPruning(ratio=0.3, criterion="magnitude", round_to=32), ids)
+    assert model.config.intermediate_size == 96  # 89.6 -> nearest multiple of 32
+    assert result.details["achieved_ratio"] == pytest.approx(0.25)
+
+
+# -- default round_to --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpu,dtype,expected", [
+    ("a100", "bf16", 64), ("h100-sxm", "fp16", 64), ("l4", "fp8", 128), ("a100", "tf32", 32),
+    ("t4", "fp16", 8), ("v100-sxm", "fp32", 4), ("mi300x", "bf16", 64),
+    (None, "fp32", 16), ("cpu", "fp32", 16), (None, "bf16", 32),
+])
+def test_default_round_to(gpu, dtype, expected):
+    assert default_round_to(gpu, dtype) == expected
+
+
+def test_default_round_to_rejects_unknown_dtype():
+    with pytest.raises(InputError, match="unknown dtype 'fp12'"):
+        default_round_to(None, "fp12")
+
+
+# -- the embedded model ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embedded_model_prunes_exports_and_generates(embedded_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from planner.data import calibration_text, token_blocks
+    from planner.models import load_model
+
+    loaded = load_model()
+    model, tok = loaded.model, loaded.tokenizer
+    calib = token_blocks(tok, calibration_text(), 2, 64)
+    apply_pruning(model, MlpChannelPruning(ratio=0.5, criterion="activation", round_to=64), calib)
+    apply_pruning(model, HeadPruning(ratio=0.34, criterion="magnitude"), calib)
+    result = apply_pruning(model, LayerPruning(num_layers=2), calib)
+    assert (model.config.intermediate_size, model.config.num_attention_heads, model.config.num_key_value_heads,
+            model.config.num_hidden_layers) == (768, 6, 2, 28)
+    export_model(model, tok, tmp_path / "small", {})
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "small").eval()
+    assert sum(p.numel() for p in reloaded.parameters()) == result.params_after
+    prompt = tok("def fibonacci(n):", return_tensors="pt").input_ids
+    torch.testing.assert_close(logits(reloaded, prompt), logits(model, prompt), atol=1e-4, rtol=0)
+    out = reloaded.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == prompt.shape[1] + 8
