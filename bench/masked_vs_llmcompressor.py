@@ -144,10 +144,12 @@ def evaluate(folder: str, weights: str | None, eval_ids, pattern: str) -> dict:
 def parent(args) -> int:
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from planner.data import calibration_text, heldout_text, token_blocks
     from planner.models import resolve_source
 
+    hf_logging.disable_progress_bar()
     folder = args.model or str(resolve_source(None).path)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     calib = token_blocks(tokenizer, calibration_text(), args.samples, args.seq_len)

@@ -278,12 +278,12 @@ def test_taylor_importance_matches_finite_differences(ids):
                 w.narrow(weight_dim(adapter.projection(layer, role), side), channel, 1).mul_(factor)
             return float(trial(input_ids=ids, labels=ids).loss)
 
-    eps = 1e-4
+    eps = 1e-2  # RMSNorm computes in float32 even in a float64 model: a larger step keeps rounding out
     for layer_index, channel in [(0, 3), (2, 77)]:
         # d loss / d alpha at alpha=1, scaling the channel's weights by alpha, is sum(grad * weight)
         slope = (loss_with_channel_scaled(layer_index, channel, 1 + eps)
                  - loss_with_channel_scaled(layer_index, channel, 1 - eps)) / (2 * eps)
-        assert float(scores[layer_index][channel]) == pytest.approx(slope**2, rel=1e-4)
+        assert float(scores[layer_index][channel]) == pytest.approx(slope**2, rel=1e-3)
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 

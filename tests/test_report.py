@@ -189,3 +189,13 @@ def test_cli_report_bad_input_exits_2(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"version": 1, "surprise": True}))
     assert main(["report", str(tmp_path / "bad.json")]) == 2
     assert "surprise" in capsys.readouterr().err
+
+
+def test_profile_recorded_in_the_plan_is_used(tmp_path):
+    profile_path = tmp_path / "cache" / "profile.json"
+    profile_path.parent.mkdir()
+    profile_path.write_text(make_profile().model_dump_json())
+    plan = make_plan()
+    plan["profile"] = {"path": str(profile_path)}
+    page = render_html(make_results(), plan=plan)
+    assert _section(page, "profile").count('<svg class="chart"') == 2

@@ -269,3 +269,13 @@ def test_plan_rules_check(tmp_path, capsys):
         err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
         assert "mine.yaml" in err and "my-rule" in err and fragments[-1] in err, (what, err)
     assert main(["rules", "--check", str(tmp_path / "missing")]) == 2
+
+
+def test_rules_readme_lists_exactly_the_builtin_rules():
+    import re
+
+    from planner.paths import rules_dir
+
+    readme = (rules_dir() / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.M))
+    assert listed == {r.id for r in load_rules().rules}

@@ -66,17 +66,14 @@ def fire_context(ruleset: RuleSet, facts: dict[str, Any], values: dict[str, Any]
 
 
 def fire_candidate(ruleset: RuleSet, facts: dict[str, Any], values: dict[str, Any]) -> CandidateOutcome:
+    """Candidate rules on context + candidate facts. The tier is settled first, so texts may name {tier}."""
+    firing = [r for r in ruleset.rules if r.then.scope == "candidate" and r.when.evaluate(facts)]
     out = CandidateOutcome()
-    for rule in ruleset.rules:
-        if rule.then.scope != "candidate" or not rule.when.evaluate(facts):
-            continue
-        action = rule.then.action
-        if action == "reject":
-            out.rejections.append((rule, fill(rule.then.reject, values)))
-        elif action == "risk":
-            out.risks.append((rule, fill(rule.statement, values)))
-        else:
-            out.notes.append((rule, fill(rule.then.note, values)))
+    out.risks = [(r, "") for r in firing if r.then.action == "risk"]
+    values = dict(values, tier=out.tier)
+    out.risks = [(r, fill(r.statement, values)) for r, _ in out.risks]
+    out.rejections = [(r, fill(r.then.reject, values)) for r in firing if r.then.action == "reject"]
+    out.notes = [(r, fill(r.then.note, values)) for r in firing if r.then.action == "note"]
     return out
 
 
@@ -114,89 +111,78 @@ def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any
 
 def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profile_facts: dict[str, Any] | None = None,
            params: int | None = None, model: str = "", model_name: str = "", profile_info: dict | None = None,
-           estimator: Callable | None = None, gpu_for_projection=None, planner_version: str = "") -> Plan:
-    """Decide and rank. `gpu` is the target (its catalog facts feed the rules); `gpu_for_projection` is the spec
-    the roofline model uses (the same GPU, or for the local host the spec with its measured figures)."""
+           estimator: Callable | None = None, planner_version: str = "") -> Plan:
+    """Decide and rank. `estimator(shape, workload, gpu, sparse_2to4=...)` projects one shape to the GPU (default:
+    planner.profile.roofline.estimate on the catalog's peaks; the CLI passes the profile's measured peaks for the
+    local host)."""
     from planner.prune.specs import NoPruning
 
-    proj_gpu = gpu_for_projection or gpu
     params = params if params is not None else predict_mod.total_params(shape)
     facts = context_facts(goal=goal, gpu=gpu, workload=workload, budget=budget, shape=shape, params=params,
                           profile_facts=profile_facts)
-    dense = predict_mod.figures(shape, NoPruning(), workload, proj_gpu, estimator=estimator)[0]
-    metric = predict_mod.predict(shape, NoPruning(), workload, proj_gpu, goal, dense, estimator=estimator).metric
+    dense = predict_mod.figures(shape, NoPruning(), workload, gpu, estimator=estimator)[0]
+    metric = predict_mod.goal_metric(goal, dense)
     values = _values(facts, gpu, goal, metric, budget)
     ctx = fire_context(ruleset, facts, values)
     fired = list(ctx.fired)
 
-    kept: list[tuple[Candidate, float]] = []
-    rejected: list[Rejected] = []
+    kept: list[Candidate] = []
     drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
-    for draft, why in unfit:
-        rejected.append(Rejected(name=candidate_name(draft.prune, draft.recovery, shape),
-                                 label=candidate_label(draft.prune, draft.recovery, shape), prune=draft.prune,
-                                 recovery=draft.recovery, rules=draft.proposed_by, reasons=[why]))
+    rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape), label=candidate_label(d.prune, d.recovery, shape),
+                         prune=d.prune, recovery=d.recovery, rules=d.proposed_by, reasons=[why]) for d, why in unfit]
     for draft in drafts:
-        pred = predict_mod.predict(shape, draft.prune, workload, proj_gpu, goal, dense, estimator=estimator)
-        cfacts = _candidate_facts(facts, draft, pred)
+        pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator)
         label = candidate_label(draft.prune, draft.recovery, shape)
         cvalues = dict(values, plan=label, kind=draft.prune.kind, ratio_pct=f"{pred.ratio:.0%}",
                        speedup="?" if pred.speedup is None else f"{pred.speedup:.2f}x",
                        gain_pct="?" if pred.gain is None else f"{pred.gain:.0%}")
-        outcome = fire_candidate(ruleset, cfacts, dict(cvalues, tier=None))
-        tier = outcome.tier
-        cvalues["tier"] = tier
-        for rule_id in [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]:
-            if rule_id not in fired:
-                fired.append(rule_id)
-        name = candidate_name(draft.prune, draft.recovery, shape)
-        reasons: list[str] = []
-        rules: list[str] = []
-        if ctx.dont_prune:
-            rules += [r.id for r, _ in ctx.dont_prune]
-            reasons += [f"don't prune: {text}" for _, text in ctx.dont_prune]
-        rules += [r.id for r, _ in outcome.rejections]
-        reasons += [text for _, text in outcome.rejections]
-        if pred.speedup is None:
-            rules.append("no-prediction")
-            reasons.append(f"no {metric} projection for {gpu.id}")
-        if not reasons and not within_budget(tier, budget.max_ppl_increase):
-            lo = TIER_PPL[tier][0]
-            risk_rules = [r for r, _ in outcome.risks if r.then.risk == tier]
-            rules += ["budget"] + [r.id for r in risk_rules]
-            why = "; ".join(t for r, t in outcome.risks if r.then.risk == tier)
-            reasons.append(f"quality risk {tier} (typically > +{lo:.0%} perplexity) exceeds the "
-                           f"+{budget.max_ppl_increase:.0%} budget" + (f": {why}" if why else ""))
-        if reasons:
-            rejected.append(Rejected(name=name, label=label, prune=draft.prune, recovery=draft.recovery,
-                                     predicted_speedup=pred.speedup, quality_risk=tier, rules=rules, reasons=reasons))
-            continue
-        risk_text = "; ".join(t for r, t in outcome.risks if r.then.risk == tier) or \
-            "no risk rule matched: rated medium by default"
-        cand_reasons = list(draft.statements) + [t for _, t in outcome.notes] + [f"quality risk {tier}: {risk_text}"]
-        chosen_by = list(draft.proposed_by) + [r.id for r, _ in outcome.notes + outcome.risks if r.then.action != "risk"
-                                               or r.then.risk == tier]
-        score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
-        cand = Candidate(
-            rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, projected_to=gpu.id,
-            basis=f"projected to {gpu.id} (roofline model)", goal_metric=pred.metric, predicted_goal=pred.value,
-            predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
-            params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
-            chosen_by=list(dict.fromkeys(chosen_by)), reasons=cand_reasons, notes=pred.notes)
-        kept.append((cand, score))
+        outcome = fire_candidate(ruleset, _candidate_facts(facts, draft, pred), cvalues)
+        fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
+        judged = _judge(draft, pred, outcome, ctx, budget, gpu, metric,
+                        name=candidate_name(draft.prune, draft.recovery, shape), label=label)
+        (rejected if isinstance(judged, Rejected) else kept).append(judged)
 
-    kept.sort(key=lambda cs: (-cs[1], cs[0].params_removed_frac, cs[0].name))
-    candidates = [c.model_copy(update={"rank": i + 1}) for i, (c, _) in enumerate(kept)]
-    verdict = _verdict(ctx, candidates, goal, gpu)
-    fired_context_suggest = [r.id for r, _ in ctx.suggestions + ctx.dont_prune]
+    kept.sort(key=lambda c: (-c.score, c.params_removed_frac, c.name))
+    candidates = [c.model_copy(update={"rank": i + 1}) for i, c in enumerate(kept)]
     return Plan(
         planner_version=planner_version, model=model, model_name=model_name, goal=goal, gpu=gpu.id,
         gpu_name=gpu.name, workload=workload, budget=budget, goal_metric=metric, dense_goal=dense.get(metric),
         dense_predicted=dense, profile=profile_info or {}, facts=facts, rules_version=ruleset.version,
-        rule_files=[p.name for p in ruleset.files], rules_fired=list(dict.fromkeys(fired + fired_context_suggest)),
-        candidates=candidates, rejected=rejected, verdict=verdict,
-        notes=_plan_notes(goal, gpu, proj_gpu),
+        rule_files=[p.name for p in ruleset.files], rules_fired=list(dict.fromkeys(fired)),
+        candidates=candidates, rejected=rejected, verdict=_verdict(ctx, candidates, goal, gpu),
+        notes=_plan_notes(goal, gpu),
     )
+
+
+def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, budget, gpu, metric: str, *,
+           name: str, label: str) -> Candidate | Rejected:
+    """Set the candidate aside (don't-prune verdict, a reject rule, no projection, over the budget) or keep it."""
+    tier = outcome.tier
+    rules = [r.id for r, _ in ctx.dont_prune] + [r.id for r, _ in outcome.rejections]
+    reasons = [f"don't prune: {text}" for _, text in ctx.dont_prune] + [text for _, text in outcome.rejections]
+    if pred.speedup is None:
+        rules.append("no-prediction")
+        reasons.append(f"no {metric} projection for {gpu.id}")
+    rated = [(r, text) for r, text in outcome.risks if r.then.risk == tier]  # the rules behind the tier
+    if not reasons and not within_budget(tier, budget.max_ppl_increase):
+        rules += ["budget"] + [r.id for r, _ in rated]
+        why = "; ".join(text for _, text in rated)
+        reasons.append(f"quality risk {tier} (typically > +{TIER_PPL[tier][0]:.0%} perplexity) exceeds the "
+                       f"+{budget.max_ppl_increase:.0%} budget" + (f": {why}" if why else ""))
+    if reasons:
+        return Rejected(name=name, label=label, prune=draft.prune, recovery=draft.recovery,
+                        predicted_speedup=pred.speedup, quality_risk=tier, rules=rules, reasons=reasons)
+    risk_text = "; ".join(text for _, text in rated) or "no risk rule matched: rated medium by default"
+    chosen_by = draft.proposed_by + [r.id for r, _ in outcome.notes] + [r.id for r, _ in rated]
+    score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
+    return Candidate(
+        rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, projected_to=gpu.id,
+        basis=f"projected to {gpu.id} (roofline model)", goal_metric=pred.metric, predicted_goal=pred.value,
+        predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
+        params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
+        chosen_by=list(dict.fromkeys(chosen_by)),
+        reasons=draft.statements + [text for _, text in outcome.notes] + [f"quality risk {tier}: {risk_text}"],
+        notes=pred.notes)
 
 
 def _spec_defaults(gpu, workload) -> dict[str, dict]:
@@ -239,9 +225,12 @@ def _verdict(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu) 
     return Verdict(action="prune", levers=suggested, text=text)
 
 
-def _plan_notes(goal: Goal, gpu, proj_gpu) -> list[str]:
+def _plan_notes(goal: Goal, gpu) -> list[str]:
     notes = [f"every predicted figure is projected to {gpu.id} by the roofline model, not measured; "
              "`plan run` measures the candidates on this machine"]
     if gpu.measured_local:
         notes.append("the target is the local host: its peaks were measured at run time by the profiler")
+    if goal in (Goal.P95_LATENCY, Goal.P99_LATENCY):
+        notes.append(f"no queueing model: {goal.value} is projected as model time per request plus the workload's "
+                     "time outside the model (the same as p50); `plan run` measures the real percentile")
     return notes

@@ -176,18 +176,30 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None) ->
     return out, notes
 
 
+def goal_metric(goal: Goal, dense: dict) -> str:
+    """The figure a goal is judged by; cost in GPU-hours where the GPU has no price, KV capacity in bytes per token
+    where it has no memory figure."""
+    metric, _ = GOAL_METRIC[goal]
+    if goal is Goal.COST_PER_TOKEN and dense.get(metric) is None:
+        return "gpu_hours_per_million_tokens"
+    if goal is Goal.KV_CAPACITY and dense.get(metric) is None:
+        return "kv_bytes_per_token"
+    return metric
+
+
+LOWER_IS_BETTER = {name for name, lower in GOAL_METRIC.values() if lower} | {"gpu_hours_per_million_tokens",
+                                                                             "kv_bytes_per_token"}
+
+
 def predict(shape, spec, workload, gpu, goal: Goal, dense: dict, *, estimator: Callable | None = None) -> Prediction:
     """The candidate's goal figure against the dense figures `dense` (from `figures(shape, NoPruning(), ...)`)."""
-    metric, lower_better = GOAL_METRIC[goal]
+    metric = goal_metric(goal, dense)
+    lower_better = metric in LOWER_IS_BETTER
     figs, notes = figures(shape, spec, workload, gpu, estimator=estimator)
-    if goal is Goal.COST_PER_TOKEN and figs["usd_per_million_tokens"] is None:
-        metric = "gpu_hours_per_million_tokens"  # no price in the catalog: cost in GPU time
+    if metric == "gpu_hours_per_million_tokens":
         notes.append(f"{gpu.id} has no example price: cost per token in GPU-hours per 1M tokens")
-    if goal is Goal.KV_CAPACITY and figs["kv_tokens"] is None:
-        metric, lower_better = "kv_bytes_per_token", True
+    if metric == "kv_bytes_per_token":
         notes.append(f"{gpu.id} has no memory figure: KV capacity compared as KV bytes per token")
-    if goal in (Goal.P95_LATENCY, Goal.P99_LATENCY):
-        notes.append("no queueing model: p95/p99 projected as model time per request + non-model time")
     value, dense_value = figs.get(metric), dense.get(metric)
     speedup = None
     if value and dense_value:

@@ -79,6 +79,10 @@ def _measure(source, shape, workload, *, device: str, local, decode_steps: int, 
         prompt_len = max(1, limit - WARMUP_STEPS - decode_steps)
         notes.append(f"prompt measured at {prompt_len} tokens: the model's {limit} positions cannot hold "
                      f"{workload.prompt_len} + {WARMUP_STEPS + decode_steps} decode steps")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if not device.startswith("cuda") and load > (os.cpu_count() or 1):
+        notes.append(f"host busy: load average {load:.1f} on {os.cpu_count()} CPUs; other processes share the "
+                     "cores, so measured times are inflated and noisy")
     if dtype != workload.dtype:
         notes.append(f"measured at {dtype} on {local.kind}; the projection is at the workload's {workload.dtype}")
 
@@ -117,12 +121,31 @@ def _measure(source, shape, workload, *, device: str, local, decode_steps: int, 
 
 def run_profile(model_spec: str | None, gpu, workload=None, *, measure: bool = True, decode_steps: int | None = None,
                 repeats: int = 3, trust_remote_code: bool = False, device: str | None = None,
-                on_step: Callable[[str], None] | None = None) -> Profile:
+                threads: int | None = None, on_step: Callable[[str], None] | None = None) -> Profile:
     """Measure `model_spec` on the local device (unless `measure=False` or config-only) and project it to `gpu`.
 
     `gpu` is a catalog name or a GpuSpec; `workload` defaults to Workload(). `decode_steps` defaults to
-    min(16, gen_len). `device` defaults to cuda when present, else cpu.
+    min(16, gen_len). `device` defaults to cuda when present, else cpu. `threads` sets torch's CPU threads for
+    the run (default: torch's own choice, one per core).
     """
+    import torch
+
+    from planner.errors import InputError
+
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1 (got {threads})")
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_profile(model_spec, gpu, workload, measure=measure, decode_steps=decode_steps, repeats=repeats,
+                            trust_remote_code=trust_remote_code, device=device, on_step=on_step)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, trust_remote_code, device,
+                 on_step) -> Profile:
     from planner import __version__
     from planner.arch import get_adapter
     from planner.errors import InputError
@@ -206,7 +229,7 @@ def _fingerprint(folder: Path) -> list:
 
 
 def cache_key(model_spec: str | None, gpu, workload, *, measure: bool = True, decode_steps: int | None = None,
-              repeats: int = 3, device: str | None = None) -> str:
+              repeats: int = 3, device: str | None = None, threads: int | None = None) -> str:
     """Hash of everything a profile depends on: model files, workload, target GPU, settings, host, versions."""
     import torch
 
@@ -221,7 +244,7 @@ def cache_key(model_spec: str | None, gpu, workload, *, measure: bool = True, de
         "source": [source.kind, str(source.path.resolve()), _fingerprint(source.path)],
         "workload": workload.model_dump(mode="json"), "gpu": _gpu_spec(gpu).id, "measure": measure,
         "decode_steps": decode_steps, "repeats": repeats, "device": pick_device(device),
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -234,7 +257,7 @@ def profiles_cache_dir() -> Path:
 
 def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: bool = True,
                         decode_steps: int | None = None, repeats: int = 3, trust_remote_code: bool = False,
-                        device: str | None = None, refresh: bool = False,
+                        device: str | None = None, threads: int | None = None, refresh: bool = False,
                         on_step: Callable[[str], None] | None = None) -> Profile:
     """A profile from cache_dir()/profiles/ when one was made for the same inputs, else run and cache it.
 
@@ -246,7 +269,7 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
 
     workload = workload or Workload()
     key = cache_key(model_spec, gpu, workload, measure=measure, decode_steps=decode_steps, repeats=repeats,
-                    device=device)
+                    device=device, threads=threads)
     path = profiles_cache_dir() / f"{key}.json"
     if not refresh and path.is_file():
         try:
@@ -254,7 +277,7 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
         except (OSError, ValueError, ValidationError):
             pass  # unreadable or from an incompatible build: profile again
     profile = run_profile(model_spec, gpu, workload, measure=measure, decode_steps=decode_steps, repeats=repeats,
-                          trust_remote_code=trust_remote_code, device=device, on_step=on_step)
+                          trust_remote_code=trust_remote_code, device=device, threads=threads, on_step=on_step)
     save_profile(profile, path)
     return profile
 

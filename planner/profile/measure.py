@@ -11,9 +11,9 @@ On CPU an op's time is its self CPU time. On CUDA it is the device time of the k
 framework category is what is left of the phase's wall time: the device idling on launches and Python.
 
 Prefill runs the workload's prompt (last-position logits only, as serving does); decode runs single-token steps
-against a real KV cache (DynamicCache) after that prompt. Both are warmed up, then run `repeats` times (decode:
-`decode_steps` steps) without the profiler for wall-clock medians, and again under the profiler for the
-breakdown, which is that of the median repeat.
+against a real KV cache (DynamicCache) after that prompt. After a warm-up (a short prompt and a few decode steps)
+both run `repeats` times (decode: `decode_steps` steps) without the profiler for wall-clock medians, and again
+under the profiler for the breakdown, which is that of the median repeat.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from planner.profile.schema import MeasuredOp, MeasuredPhase
 LABEL = "planner.module:"
 PHASE = "planner.phase:"
 ROOT = "<model>"
+WARMUP_PROMPT = 64
 
 # op names (namespace and in-place suffix stripped) by category, for ops not inside a categorised module
 ATTENTION_OPS = {"scaled_dot_product_attention", "_flash_attention_forward", "_efficient_attention_forward"}
@@ -287,8 +288,9 @@ class Runner:
         vocab = int(model.config.vocab_size)
         self.ids = torch.randint(0, vocab, (batch_size, prompt_len), generator=generator).to(device)
 
-    def prefill(self):
-        output = self.model(input_ids=self.ids, **self.prefill_kwargs)
+    def prefill(self, tokens: int | None = None):
+        ids = self.ids if tokens is None else self.ids[:, :tokens]
+        output = self.model(input_ids=ids, **self.prefill_kwargs)
         return output.logits[:, -1:].argmax(-1), _cache_of(output)
 
     def decode_step(self, token, cache):
@@ -338,8 +340,8 @@ def measure_model(model, batch_size: int, prompt_len: int, *, device: str = "cpu
         return times, cache
 
     with torch.no_grad():
-        say("warm-up")
-        token, cache = runner.prefill()
+        say("warm-up")  # a short prompt: first-call costs without paying for a full prefill
+        token, cache = runner.prefill(min(prompt_len, WARMUP_PROMPT))
         decode_series(token, cache, 0, span=False)
 
         say(f"prefill x{repeats} (no profiler)")

@@ -198,7 +198,7 @@ def roofline_svg(
     ax.set_ylim(ymin, ymax * 4)
     ax.set_xlabel("arithmetic intensity, FLOP/byte")
     ax.set_ylabel("attainable TFLOP/s")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, 0.9))
     return _to_svg(fig, f"Roofline of the model's ops, projected to {target}")
 
 
@@ -234,13 +234,16 @@ def quality_latency_svg(
         ax.plot([usable[i]["latency"] for i in front], [usable[i]["quality"] for i in front], color="#9ca3af",
                 linewidth=1.2, linestyle="--", label="Pareto front", zorder=1)
     colors = iter(PALETTE)
+    xs = [p["latency"] for p in usable]
+    middle = (min(xs) + max(xs)) / 2 if xs else 0.0
     for i, p in enumerate(usable):
         color = DENSE_COLOR if p.get("dense") else next(colors, PALETTE[-1])
         on_front = i in front
         ax.scatter([p["latency"]], [p["quality"]], s=70 if on_front else 45, color=color, zorder=3,
                    marker="D" if p.get("dense") else "o", edgecolor="black" if on_front else "white", linewidth=0.8)
+        right_half = p["latency"] > middle  # label towards the centre so it stays inside the axes
         ax.annotate(_label(p["label"], MAX_LABEL), (p["latency"], p["quality"]), textcoords="offset points",
-                    xytext=(6, 5), fontsize=8)
+                    xytext=(-7, 6) if right_half else (7, 6), ha="right" if right_half else "left", fontsize=8)
     ax.set_xlabel(_label(latency_label))
     ax.set_ylabel(_label(quality_label))
     ax.margins(x=0.18, y=0.22)
@@ -257,8 +260,8 @@ def speedup_svg(rows: Sequence[dict], *, predicted_label: str, measured_label: s
     """
     import numpy as np
 
-    fig, ax = _figure(6.4, 1.3 + 0.55 * max(len(rows), 1), left=_name_margin(r["label"] for r in rows),
-                      top=0.45)
+    fig, ax = _figure(6.4, 1.5 + 0.55 * max(len(rows), 1), left=_name_margin(r["label"] for r in rows),
+                      top=0.6)
     y = np.arange(len(rows))
     height = 0.36
     for offset, key, color, label in (
@@ -267,7 +270,7 @@ def speedup_svg(rows: Sequence[dict], *, predicted_label: str, measured_label: s
     ):
         idx = [i for i, r in enumerate(rows) if r.get(key) is not None]
         values = [rows[i][key] for i in idx]
-        bars = ax.barh(y[idx] + offset, values, height=height, color=color, label=_label(label))
+        bars = ax.barh(y[idx] + offset, values, height=height, color=color, label=_label(label, 60))
         for bar, value in zip(bars, values):
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.2f}x", va="center", fontsize=8)
     ax.axvline(1.0, color="#111827", linewidth=0.9)
@@ -277,7 +280,7 @@ def speedup_svg(rows: Sequence[dict], *, predicted_label: str, measured_label: s
     ax.set_xlim(0, max(values + [1.0]) * 1.22)
     ax.set_xlabel(f"speedup of {_label(metric)} over dense (x; 1.0 = no change)")
     ax.grid(axis="y", visible=False)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=1)
     return _to_svg(fig, f"Predicted against measured speedup of {metric}")
 
 

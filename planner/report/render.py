@@ -66,19 +66,33 @@ def _try_beside(results_path: Path | None, name: str, loader, problems: dict[str
         return None
 
 
+def _try_plan_profile(plan, problems: dict[str, str]):
+    """The cached profile.json the plan was decided on, when the plan records its path and the file is still there."""
+    recorded = (getattr(plan, "profile", None) or {}).get("path")
+    if not recorded or not Path(recorded).is_file():
+        return None
+    try:
+        return sections.load_profile(Path(recorded))
+    except InputError as exc:
+        problems["profile.json"] = f"the profile recorded in the plan could not be read: {exc}"
+        return None
+
+
 def render_html(results, profile=None, plan=None) -> str:
     """The report as an HTML string. `profile` and `plan` may be documents, paths, or None ("not available")."""
     results, results_path = _load_results(results)
     problems: dict[str, str] = {}
     # documents given by the caller must load; ones found beside results.json only add sections when they do
-    if profile is None:
-        profile = _try_beside(results_path, "profile.json", sections.load_profile, problems)
-    else:
-        profile = sections.load_profile(profile)
     if plan is None:
         plan = _try_beside(results_path, "plan.json", sections.load_plan, problems)
     else:
         plan = sections.load_plan(plan)
+    if profile is None:
+        profile = _try_beside(results_path, "profile.json", sections.load_profile, problems)
+    else:
+        profile = sections.load_profile(profile)
+    if profile is None and plan is not None:
+        profile = _try_plan_profile(plan, problems)
     context = sections.build_context(results, profile, plan, problems=problems)
     context["generated_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return _environment().get_template(TEMPLATE).render(**context)

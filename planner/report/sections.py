@@ -123,11 +123,13 @@ def load_profile(profile):
     """A Profile document, a path to profile.json, or None."""
     if profile is None or not isinstance(profile, (str, Path, dict)):
         return profile
-    from planner.profile.schema import Profile
-
     if isinstance(profile, dict):
+        from planner.profile.schema import Profile
+
         return Profile.model_validate(profile)
-    return _load_json_document(Path(profile), Profile, "profile")
+    from planner.profile import read_profile
+
+    return read_profile(Path(profile))
 
 
 def load_plan(plan):
@@ -137,26 +139,8 @@ def load_plan(plan):
     from planner.decide import plan as plan_module
 
     if isinstance(plan, dict):
-        return plan_module.Plan.model_validate(plan)
+        return plan_module.parse_plan(plan)
     return plan_module.load_plan(Path(plan))
-
-
-def _load_json_document(path: Path, model, what: str):
-    import json
-
-    from pydantic import ValidationError
-
-    from planner.cli.common import format_validation_error
-    from planner.errors import InputError
-
-    if not path.is_file():
-        raise InputError(f"{what} file {str(path)!r} does not exist")
-    try:
-        return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, ValidationError):
-            raise InputError(f"{what} file {str(path)!r} is invalid: {format_validation_error(exc)}") from None
-        raise InputError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from None
 
 
 # -- results -----------------------------------------------------------------------------------------------------

@@ -146,8 +146,7 @@ def taylor(model, calib_ids, groups: dict, batch_size: int = 4, progress: bool |
         for batch in progress_bar(calib_ids, batch_size, device, "taylor importance", progress):
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-                loss.backward()
+                next_token_loss(model, batch).backward()
             with torch.no_grad():
                 for key, g in groups.items():
                     first_order = torch.zeros(g.num_units)
@@ -164,6 +163,16 @@ def taylor(model, calib_ids, groups: dict, batch_size: int = 4, progress: bool |
         for name, p in model.named_parameters():
             p.requires_grad_(was_trainable[name])
     return {key: s.float() for key, s in scores.items()}
+
+
+def next_token_loss(model, batch):
+    """Mean next-token cross-entropy, in at least float32 (and in float64 for a float64 model)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
 def unit_scores(criterion: str, model, calib_ids, groups: dict, batch_size: int = 4,

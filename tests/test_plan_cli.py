@@ -1,0 +1,159 @@
+"""The main job `plan --goal ... --gpu ...`: tiny checkpoints (projection only, a private cache) for the fast tests,
+the embedded SmolLM2-135M for the real one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import save_tiny
+
+from planner.cli import main
+from planner.decide.plan import load_plan, parse_plan
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("ckpt"), "llama")
+
+
+@pytest.fixture()
+def tiny_ckpt(tiny_folder, tmp_path_factory, monkeypatch):
+    # profiles of tiny models go to a cache of this module, not ~/.cache; the first test profiles, the rest reuse it
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path_factory.getbasetemp() / "plan-cli-cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    return tiny_folder
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, " ".join(out.err.split())
+
+
+def test_plan_writes_a_ranked_explained_plan(tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "plan.json"
+    code, stdout, err = run(["--goal", "p95-latency", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-measure",
+                             "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert plan.model == str(tiny_ckpt) and plan.goal.value == "p95-latency" and plan.gpu == "a100-80gb-sxm"
+    assert plan.budget.max_ppl_increase == 0.5 and plan.workload.dtype == "bf16"
+    assert plan.verdict.action == "prune" and plan.candidates
+    assert "not_measured" in plan.profile or "measured" not in plan.profile
+    top = plan.candidates[0]
+    assert top.rank == 1 and top.reasons and top.chosen_by and top.predicted_speedup > 1
+    # the table: ranked plan, projected figures, reasons, rejected alternatives, verdict
+    assert "ranked candidates" in stdout and "projected to a100-80gb-sxm" in stdout
+    assert top.label in stdout and "rejected alternatives" in stdout
+    assert "dense kernels multiply the zeros" in stdout
+    assert "verdict: prune:" in stdout and "'a100' is a100-80gb-sxm" in stdout
+
+
+def test_json_output_is_the_plan(tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "p.json"
+    code, stdout, err = run(["--goal", "ttft", "--gpu", "l4", "--model", str(tiny_ckpt), "--no-measure", "--json",
+                             "-o", str(out)], capsys)
+    assert code == 0, err
+    printed = parse_plan(json.loads(stdout))
+    assert printed == load_plan(out)
+    assert printed.goal.value == "ttft" and printed.gpu == "l4"
+
+
+def test_a_gpu_without_bf16_plans_in_fp16(tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "t4.json"
+    code, _, err = run(["--goal", "p95-latency", "--gpu", "t4", "--model", str(tiny_ckpt), "--no-measure",
+                        "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert plan.workload.dtype == "fp16" and any("planning for fp16" in n for n in plan.notes)
+    assert any("nm-needs-sparse-tensor-cores" in r.rules for r in plan.rejected)
+    code, _, err = run(["--goal", "p95-latency", "--gpu", "t4", "--dtype", "bf16", "--model", str(tiny_ckpt),
+                        "--no-measure", "-o", str(out)], capsys)
+    assert code == 2 and "t4 has no bf16" in err
+
+
+def test_user_rules_are_added(tmp_path, tiny_ckpt, capsys):
+    rules = tmp_path / "team-rules"
+    rules.mkdir()
+    (rules / "team.yaml").write_text("""\
+version: 1
+rules:
+  - id: team-prefers-batching
+    statement: our traffic batches well
+    when: {fact: goal, eq: throughput}
+    then: {suggest: [batching]}
+    rationale: measured in production
+    sources: ["team dashboard, 2024-11"]
+""")
+    out = tmp_path / "plan.json"
+    code, _, err = run(["--goal", "throughput", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-measure",
+                        "--rules", str(rules), "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert "team-prefers-batching" in plan.rules_fired and "team.yaml" in plan.rule_files
+    assert any("team-prefers-batching" in lever.rules for lever in plan.verdict.levers)
+
+
+def test_dont_prune_outcome(tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "plan.json"
+    code, stdout, err = run(["--goal", "p95-latency", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-measure",
+                             "--max-ppl-increase", "0.005", "-o", str(out), "--execute"], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert plan.verdict.action == "dont_prune" and not plan.candidates
+    assert "verdict: don't prune; use quantization, distillation" in " ".join(stdout.split())
+    assert "nothing to execute" in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "--goal is required"),
+    (["--goal", "latncy"], "unknown goal 'latncy'; did you mean latency"),
+    (["--goal", "p95-latency", "--gpu", "a10"], "unknown GPU 'a10'; did you mean a10g"),
+    (["--goal", "p95-latency", "--max-ppl-increase", "-1"], "--max-ppl-increase -1.0 is invalid"),
+    (["--goal", "p95-latency", "--top", "0"], "--top 0 is invalid"),
+    (["--goal", "p95-latency", "--dtype", "fp12"], "unknown dtype 'fp12'"),
+    (["--goal", "p95-latency", "--rules", "/nonexistent/rules"], "rules folder '/nonexistent/rules' does not exist"),
+    (["--goal", "p95-latency", "--model", "/nonexistent/model"], "model path '/nonexistent/model' does not exist"),
+])
+def test_bad_input_exits_2_with_a_message(args, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(args + ["-o", str(tmp_path / "plan.json")], capsys)
+    assert code == 2 and fragment in err, err
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_refuses_to_overwrite_a_file_that_is_not_a_plan(tmp_path, tiny_ckpt, capsys):
+    precious = tmp_path / "results.json"
+    precious.write_text('{"not": "a plan"}')
+    code, _, err = run(["--goal", "p95-latency", "--model", str(tiny_ckpt), "--no-measure", "-o", str(precious)],
+                       capsys)
+    assert code == 2 and "refusing to write the plan" in err
+    assert precious.read_text() == '{"not": "a plan"}'
+
+
+def test_bad_rules_folder_exits_2(tmp_path, tiny_ckpt, capsys):
+    rules = tmp_path / "bad-rules"
+    rules.mkdir()
+    (rules / "x.yaml").write_text("version: 1\nrules:\n  - id: r\n    statement: s\n    when: {fact: gpu_sparse_2to4,"
+                                  " eq: maybe}\n    then: {suggest: [batching]}\n    rationale: r\n    sources: [s]\n")
+    code, _, err = run(["--goal", "p95-latency", "--model", str(tiny_ckpt), "--no-measure", "--rules", str(rules),
+                        "-o", str(tmp_path / "plan.json")], capsys)
+    assert code == 2 and "x.yaml" in err and "rule 'r'" in err and "expects true or false" in err
+
+
+@pytest.mark.slow
+def test_main_job_on_the_embedded_model(tmp_path, embedded_path, capsys, monkeypatch):
+    """`plan --goal p95-latency --gpu a100` on SmolLM2-135M: measured locally (cached after the first run), then
+    decided; the plan carries the measured profile's provenance."""
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "plan.json"
+    code, stdout, err = run(["--goal", "p95-latency", "--gpu", "a100", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert plan.model == "" and "SmolLM2-135M" in plan.model_name
+    assert plan.profile.get("model_parameters") == 134_515_008
+    assert "measured" in plan.profile  # the local measurement stands beside the projection
+    assert plan.facts["num_layers"] == 30 and plan.facts["gqa"] is True
+    assert plan.candidates and plan.candidates[0].basis == "projected to a100-80gb-sxm (roofline model)"
+    assert "ranked candidates" in stdout and "verdict:" in stdout

@@ -1,0 +1,377 @@
+"""Masked pruning (unstructured and N:M; magnitude, Wanda, SparseGPT) on tiny random models of every family."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import planner.prune.masked as masked
+from planner.arch import get_adapter
+from planner.errors import InputError
+from planner.prune import apply_pruning
+from planner.prune.masked.calibration import InputStats
+from planner.prune.masked.patterns import (
+    global_mask,
+    nm_mask,
+    nm_violations,
+    split_count,
+    unstructured_mask,
+)
+from planner.prune.masked.sparsegpt import sparsegpt_prune
+from planner.prune.masked.wanda import wanda_scores
+from planner.prune.specs import SemiStructuredPruning, UnstructuredPruning
+from tiny import FAMILIES, example_ids, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the test machine is shared: one thread avoids OpenMP oversubscription, which makes tiny GEMMs 10x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def out_in(tensor, family):
+    """A weight or mask in (out, in) layout (GPT-2's Conv1D stores (in, out))."""
+    tensor = tensor.detach()
+    return tensor.t() if family == "gpt2" else tensor
+
+
+def layer_inputs(model, module, ids):
+    """Every input row the module sees when `model` runs on `ids` (in chunks of 4 samples, as the engine does)."""
+    rows = []
+    handle = module.register_forward_hook(lambda m, a, o: rows.append(a[0].reshape(-1, a[0].shape[-1]).float()))
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], 4):
+            model(input_ids=ids[start : start + 4], use_cache=False)
+    handle.remove()
+    return torch.cat(rows)
+
+
+# -- patterns -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77])
+@pytest.mark.parametrize("compare", ["row", "matrix"])
+def test_unstructured_mask_prunes_exactly_the_target_and_the_lowest(sparsity, compare):
+    scores = torch.rand(7, 13, generator=torch.Generator().manual_seed(1))
+    keep = unstructured_mask(scores, sparsity, compare)
+    assert keep.shape == scores.shape and keep.dtype == torch.bool
+    assert int((~keep).sum()) == int(sparsity * 91 + 0.5)
+    if compare == "matrix" and sparsity > 0:
+        assert scores[~keep].max() < scores[keep].min()  # the lowest scores overall
+    if compare == "row":
+        for r in range(7):
+            if (~keep[r]).any() and keep[r].any():
+                assert scores[r][~keep[r]].max() < scores[r][keep[r]].min()  # the lowest within each row
+
+
+def test_split_count_sums_exactly():
+    counts = split_count(0.37, [13] * 11)
+    assert sum(counts) == int(0.37 * 143 + 0.5)
+    assert max(counts) - min(counts) <= 1
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_mask_prunes_exactly_n_lowest_per_group(n, m):
+    scores = torch.rand(6, 32, generator=torch.Generator().manual_seed(2))
+    keep = nm_mask(scores, n, m)
+    pruned = (~keep).view(6, 32 // m, m).sum(-1)
+    assert torch.equal(pruned, torch.full_like(pruned, n))
+    groups, kept = scores.view(6, -1, m), keep.view(6, -1, m)
+    assert torch.all(torch.where(kept, torch.inf, groups).amin(-1) >= 0)
+    assert torch.all(torch.where(kept, -torch.inf, groups).amax(-1) <= torch.where(kept, groups, torch.inf).amin(-1))
+    assert nm_violations(keep, n, m) == 0
+    assert nm_violations(torch.ones_like(keep), n, m) == 6 * 32 // m
+
+
+def test_global_mask_is_exact_with_ties():
+    a = torch.tensor([[0.1, 0.2, 0.2, 0.9]])
+    b = torch.tensor([[0.2, 0.2], [0.5, 0.05]])
+    keeps = global_mask([a, b], 0.5)  # 8 weights, prune 4: 0.05, 0.1 and the first two of the four 0.2s
+    assert keeps[0].tolist() == [[False, False, False, True]]
+    assert keeps[1].tolist() == [[True, True], [True, False]]
+
+
+def test_nm_rejects_bad_patterns():
+    with pytest.raises(InputError, match="4:4"):
+        nm_mask(torch.rand(2, 8), 4, 4)
+    with pytest.raises(InputError, match="not a multiple of M=8"):
+        nm_mask(torch.rand(2, 12), 2, 8)
+
+
+# -- criteria on one layer ------------------------------------------------------------------------------------
+
+
+def test_wanda_scores_are_weight_magnitude_times_input_norm():
+    gen = torch.Generator().manual_seed(3)
+    layer = torch.nn.Linear(6, 3, bias=False)
+    x = torch.randn(2, 5, 6, generator=gen)
+    stats = InputStats({"lin": layer}, hessian=False)
+    with stats, torch.no_grad():
+        layer(x[:1])
+        layer(x[1:])
+    by_hand = torch.empty(3, 6)
+    for i in range(3):
+        for j in range(6):
+            by_hand[i, j] = abs(float(layer.weight[i, j].detach())) * float(x[..., j].pow(2).sum().sqrt())
+    torch.testing.assert_close(wanda_scores(layer.weight, stats.input_sq_sum("lin")), by_hand)
+    assert stats.tokens["lin"] == 10
+
+
+def test_sparsegpt_at_zero_sparsity_leaves_the_weight_unchanged():
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(16, 40, generator=gen)
+    x = torch.randn(200, 40, generator=gen)
+    new, keep = sparsegpt_prune(w, 2 * x.t() @ x / 200, sparsity=0.0, block_size=16)
+    assert keep.all()
+    assert torch.equal(new, w)
+
+
+@pytest.mark.parametrize("sparsity,n,m", [(0.5, 0, 0), (0.0, 2, 4)])
+def test_sparsegpt_reconstructs_better_than_masking_alone(sparsity, n, m):
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(24, 64, generator=gen)
+    x = torch.randn(300, 64, generator=gen) @ torch.randn(64, 64, generator=gen)  # correlated inputs
+    new, keep = sparsegpt_prune(w, 2 * x.t() @ x / 300, sparsity=sparsity, n=n, m=m, block_size=32)
+    assert bool((new[~keep] == 0).all()) and int((~keep).sum()) == 24 * 64 // 2
+    masked_only = w * keep  # same zeros, no weight update
+    assert (x @ (new - w).t()).norm() < 0.8 * (x @ (masked_only - w).t()).norm()
+    if m:
+        assert nm_violations(keep, n, m) == 0
+
+
+# -- whole models ---------------------------------------------------------------------------------------------
+
+SPECS = [
+    UnstructuredPruning(sparsity=0.5, criterion="wanda"),
+    UnstructuredPruning(sparsity=0.37, criterion="sparsegpt"),
+    UnstructuredPruning(sparsity=0.3, criterion="magnitude", scope="global"),
+    UnstructuredPruning(sparsity=0.6, criterion="magnitude"),
+    SemiStructuredPruning(n=2, m=4, criterion="sparsegpt"),
+    SemiStructuredPruning(n=4, m=8, criterion="wanda"),
+    SemiStructuredPruning(n=2, m=4, criterion="magnitude"),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-{s.criterion}")
+def test_every_family_gets_exact_masks_and_keeps_head_and_embeddings(family, spec):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = apply_pruning(model, spec, example_ids(6, 24), progress=False)
+    linears = {name: module for _, _, name, module in adapter.iter_linears(model)}
+    assert set(result.masks) == set(linears)
+    total = pruned = 0
+    for name, module in linears.items():
+        keep = result.masks[name]
+        assert keep.shape == module.weight.shape and keep.dtype == torch.bool
+        assert bool((module.weight[~keep] == 0).all())
+        k = out_in(keep, family)
+        if spec.kind == "nm":
+            assert nm_violations(k, spec.n, spec.m) == 0
+            assert int((~k).sum()) == k.numel() * spec.n // spec.m
+        elif spec.scope == "layer":
+            assert int((~k).sum()) == int(spec.sparsity * k.numel() + 0.5)
+        total += keep.numel()
+        pruned += int((~keep).sum())
+    target = spec.n / spec.m if spec.kind == "nm" else spec.sparsity
+    if spec.kind == "unstructured" and spec.scope == "global":
+        assert pruned == int(spec.sparsity * total + 0.5)
+    assert result.achieved_sparsity == pytest.approx(pruned / total)
+    assert abs(result.achieved_sparsity - target) < 1e-3
+    assert len(result.details["layers"]) == adapter.shape(model.config).num_layers
+    assert result.params_before == result.params_after
+    state = model.state_dict()
+    linear_weights = {f"{name}.weight" for name in linears}
+    for key, value in before.items():
+        if key not in linear_weights:  # LM head, embeddings, norms, biases untouched
+            assert torch.equal(state[key], value), key
+    logits = model(input_ids=example_ids(1, 8)).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_wanda_uses_inputs_from_the_already_pruned_layers(family):
+    """Layer 1's mask must be |W|*||X|| with X the input layer 1 gets when layer 0 is already pruned."""
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    ids = example_ids(8, 24)
+    role, path = adapter.linear_roles()[0]  # q_proj / c_attn
+    original = out_in(adapter.projection(adapter.get_layers(model)[1], role).weight, family).clone()
+    dense_inputs = layer_inputs(model, adapter.projection(adapter.get_layers(model)[1], role), ids)
+    result = apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion="wanda"), ids, progress=False)
+    module = adapter.projection(adapter.get_layers(model)[1], role)
+    pruned_inputs = layer_inputs(model, module, ids)  # layer 0 is pruned; layer 1's pruning does not change its input
+    assert not torch.allclose(pruned_inputs, dense_inputs)
+    scores = original.abs() * pruned_inputs.pow(2).sum(0).sqrt()
+    expected = unstructured_mask(scores, 0.5, "row")
+    got = out_in(result.masks[f"{adapter.layers}.1.{path}"], family)
+    assert (got != expected).float().mean() < 0.005  # equal up to float near-ties
+    from_dense_inputs = unstructured_mask(original.abs() * dense_inputs.pow(2).sum(0).sqrt(), 0.5, "row")
+    assert (got != from_dense_inputs).float().mean() > 0.02  # the test can tell the two apart
+
+
+@pytest.mark.parametrize("spec", [UnstructuredPruning(sparsity=0.5, criterion="sparsegpt"),
+                                  SemiStructuredPruning(n=2, m=4, criterion="sparsegpt")], ids=["50%", "2:4"])
+def test_sparsegpt_layer_error_is_below_magnitude_on_a_tiny_model(spec):
+    ids = example_ids(8, 32)
+    dense = tiny_model("llama")
+    layer0 = get_adapter(dense).get_layers(dense)[0]
+    names = [path for _, path in get_adapter(dense).linear_roles()]
+
+    def errors(criterion):
+        model = tiny_model("llama")
+        apply_pruning(model, spec.model_copy(update={"criterion": criterion}), ids, progress=False)
+        layer = get_adapter(model).get_layers(model)[0]
+        out = {}
+        for path in names:
+            ref = get_adapter(dense).projection(layer0, dict((p, r) for r, p in get_adapter(dense).linear_roles())[path])
+            x = layer_inputs(dense, ref, ids)  # layer 0's calibration inputs (dense: nothing pruned before it)
+            pruned = get_adapter(model).projection(layer, dict((p, r) for r, p in get_adapter(model).linear_roles())[path])
+            out[path] = float((x @ (pruned.weight - ref.weight).detach().t()).norm())
+        return out
+
+    sparsegpt, magnitude, wanda = errors("sparsegpt"), errors("magnitude"), errors("wanda")
+    for path in names:
+        assert sparsegpt[path] < magnitude[path], path
+    assert sum(sparsegpt.values()) < sum(wanda.values())
+
+
+def test_sparsegpt_at_zero_sparsity_leaves_the_model_unchanged():
+    model = tiny_model("qwen2")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = apply_pruning(model, UnstructuredPruning(sparsity=0.0, criterion="sparsegpt"), example_ids(4, 16),
+                           progress=False)
+    assert result.achieved_sparsity == 0.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_export_keeps_the_zeros_and_records_the_pattern(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from planner.export import export_model, read_metadata
+
+    model = tiny_model("gpt2")
+    result = apply_pruning(model, SemiStructuredPruning(n=2, m=4, criterion="wanda"), example_ids(4, 16),
+                           progress=True)
+    meta = export_model(model, tiny_tokenizer(), tmp_path / "out", metadata={"pruning": masked.masked_metadata(result)})
+    saved = read_metadata(tmp_path / "out")
+    assert saved["pruning"]["pattern"] == "2:4"
+    assert saved["pruning"]["achieved_sparsity"] == pytest.approx(0.5)
+    assert saved["pruning"]["criterion"] == "wanda"
+    assert saved["parameters"] == meta["parameters"] == result.params_after
+    json.dumps(saved)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    counted = masked.weight_sparsity(reloaded, 2, 4)
+    assert counted["nm_violations"] == 0 and counted["sparsity"] >= 0.5
+    ids = example_ids(2, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_calibration_from_a_tokenizer_when_no_ids_are_given():
+    from planner.prune.specs import CalibrationSpec
+
+    model = tiny_model("mistral")
+    result = apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion="wanda"), None, progress=False,
+                           tokenizer=tiny_tokenizer(), calibration=CalibrationSpec(num_samples=3, seq_len=20))
+    assert result.details["calibration"] == {"samples": 3, "seq_len": 20, "tokens": 60}
+    assert result.achieved_sparsity == 0.5
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_an_input_error_and_leaves_the_model_alone():
+    model = tiny_model("llama", hidden_size=60, intermediate_size=120)  # 60 inputs: not a multiple of 8
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match="not a multiple of M=8"):
+        apply_pruning(model, SemiStructuredPruning(n=4, m=8, criterion="magnitude"), progress=False)
+    with pytest.raises(InputError, match="needs calibration tokens"):
+        apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion="sparsegpt"), progress=False)
+    with pytest.raises(InputError, match="scope 'global'"):
+        apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion="wanda", scope="global"),
+                      example_ids(2, 8), progress=False)
+    with pytest.raises(InputError, match=r"\(N, L\) LongTensor"):
+        apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion="wanda"), example_ids(2, 8).float(),
+                      progress=False)
+    with pytest.raises(InputError, match="3:3"):
+        apply_pruning(model, SemiStructuredPruning(n=3, m=3, criterion="wanda"), example_ids(2, 8), progress=False)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+# -- runtime --------------------------------------------------------------------------------------------------
+
+
+def test_runtime_note_never_promises_speed_from_dense_zeros():
+    unstructured = UnstructuredPruning(sparsity=0.5)
+    two_four, four_eight = SemiStructuredPruning(n=2, m=4), SemiStructuredPruning(n=4, m=8)
+    assert "no speedup expected: dense kernels multiply the zeros" in masked.runtime_note("cpu", unstructured)
+    assert "no speedup expected" in masked.runtime_note("a100", unstructured)
+    assert "no speedup expected" in masked.runtime_note("cpu", two_four)
+    assert "no speedup expected" in masked.runtime_note("t4", two_four, dtype="fp16")
+    assert "no speedup expected" in masked.runtime_note("a100", four_eight)
+    note = masked.runtime_note("a100", two_four, dtype="bf16")
+    assert "sparse tensor cores" in note and "no speedup" not in note and "measure" in note.lower()
+    with pytest.raises(InputError):
+        masked.runtime_note("a10", two_four)  # unknown GPU id
+
+
+def test_semi_structured_conversion_refuses_cpu():
+    from planner.prune.masked.runtime import semi_structured_support, to_semi_structured
+
+    ok, why = semi_structured_support("cpu")
+    assert not ok and "dense kernels multiply the zeros" in why
+    model = tiny_model("llama")
+    apply_pruning(model, SemiStructuredPruning(n=2, m=4, criterion="magnitude"), progress=False)
+    with pytest.raises(InputError, match="cannot convert"):
+        to_semi_structured(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_semi_structured_conversion_on_cuda_matches_dense_zeros():
+    from planner.prune.masked.runtime import semi_structured_support, to_semi_structured
+
+    ok, why = semi_structured_support("cuda")
+    if not ok:
+        pytest.skip(why)
+    model = tiny_model("llama", hidden_size=128, intermediate_size=256)
+    apply_pruning(model, SemiStructuredPruning(n=2, m=4, criterion="magnitude"), progress=False)
+    model = model.half().cuda()
+    ids = example_ids(2, 32).cuda()
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits.float()
+        report = to_semi_structured(model)
+        sparse = model(input_ids=ids).logits.float()
+    assert report["converted"], report
+    torch.testing.assert_close(sparse, dense, atol=2e-2, rtol=2e-2)
+
+
+# -- the embedded model ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wanda_beats_magnitude_at_two_four_on_the_embedded_model(embedded_path):
+    from planner.data import calibration_text, heldout_text, token_blocks
+    from planner.evaluate.perplexity import perplexity
+    from planner.models import load_model
+
+    def pruned_ppl(criterion):
+        loaded = load_model(str(embedded_path))
+        ids = token_blocks(loaded.tokenizer, calibration_text(), 4, 128)
+        result = apply_pruning(loaded.model, SemiStructuredPruning(n=2, m=4, criterion=criterion), ids,
+                               progress=False)
+        assert masked.weight_sparsity(loaded.model, 2, 4)["nm_violations"] == 0
+        assert result.achieved_sparsity == 0.5
+        return perplexity(loaded.model, loaded.tokenizer, heldout_text(), seq_len=256, max_tokens=512)["ppl"]
+
+    wanda, magnitude = pruned_ppl("wanda"), pruned_ppl("magnitude")
+    assert wanda < 0.8 * magnitude, (wanda, magnitude)
