@@ -84,8 +84,11 @@ def prompt_ids(tokenizer, prompt_len: int, batch_size: int, vocab_size: int | No
 
     from planner.data import calibration_text
 
-    ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
     need = prompt_len * batch_size
+    text = calibration_text()
+    ids = tokenizer(text[: need * 8], add_special_tokens=False)["input_ids"]  # >= 1 token per 8 chars: enough
+    if len(ids) < need:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < need:  # repeat the text for very long prompts: timing depends on length, not on content
         ids = ids * (need // len(ids) + 1)
     block = torch.tensor(ids[:need], dtype=torch.long).view(batch_size, prompt_len)

@@ -122,13 +122,18 @@ SCENARIOS = [
              rule="dont-prune-non-model-bottleneck", reason="don't prune; use serving-path, batching, prefix-caching"),
     Scenario("a small gain is not worth the risk", "kv-capacity", "a100", rule="no-predicted-win",
              rejected=("mlp_channels", "no-predicted-win")),
-    # -- other levers ----------------------------------------------------------------------------------------------------
+    # -- other levers ---------------------------------------------------------------------------------------------
     Scenario("throughput on memory-bound decode: batch more", "throughput", "a100", rule="batch-for-throughput"),
-    Scenario("decode-dominated latency: speculative decoding", "tpot", "a100", rule="speculative-decoding-for-decode-latency"),
+    Scenario("decode-dominated latency: speculative decoding", "tpot", "a100",
+             rule="speculative-decoding-for-decode-latency"),
     Scenario("memory-bound decode: quantize", "p95-latency", "l4", rule="quantize-memory-bound"),
-    Scenario("FP8 tensor cores: quantize to fp8", "throughput", "h100", workload={"batch_size": 8}, rule="fp8-tensor-cores"),
-    Scenario("long prompts: prefix caching", "ttft", "a100", workload={"prompt_len": 4096}, rule="prefix-caching-long-prompts"),
+    Scenario("FP8 tensor cores: quantize to fp8", "throughput", "h100", workload={"batch_size": 8},
+             rule="fp8-tensor-cores"),
+    Scenario("long prompts: prefix caching", "ttft", "a100", workload={"prompt_len": 4096},
+             rule="prefix-caching-long-prompts"),
     Scenario("KV capacity: KV-cache levers", "kv-capacity", "a100", rule="kv-cache-levers"),
+    Scenario("ReLU MLP at batch-1 decode: dynamic sparsity", "tpot", "a100", shape=GPT2,
+             rule="dynamic-sparsity-for-relu-decode"),
 ]
 
 
@@ -251,7 +256,7 @@ def test_budget_filters_by_risk_tier():
     assert len(loose.candidates) > len(tight.candidates)
     over = [r for r in tight.rejected if "budget" in r.rules]
     assert over and all(r.quality_risk in ("high", "severe") for r in over)
-    assert all("exceeds the budget of +10%" in r.reasons[0] for r in over)
+    assert all("exceeds the +10% budget" in r.reasons[0] for r in over)
 
 
 def test_unknown_profile_facts_leave_their_rules_silent():

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_report_data import make_plan, make_results
+from test_report_data import make_plan, make_profile, make_results
 
 from planner.report.render import render_report
 
@@ -107,7 +107,7 @@ def keep_dir(tmp_path: Path) -> Path:
 def report(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("browser-report")
     results = make_results(model="Smol<script>alert(1)</script>LM")
-    return render_report(results, folder / "report.html", plan=make_plan())
+    return render_report(results, folder / "report.html", profile=make_profile(), plan=make_plan())
 
 
 @needs_chromium
@@ -125,13 +125,16 @@ def test_report_renders_every_section_without_overflow(tmp_path, report, width):
     tables = result["tables"]
     assert tables["results-table"] == 3 and tables["latency-table"] == 3 and tables["size-table"] == 3
     assert tables["slices-table"] == 6 and tables["recovery-table"] == 1
+    assert tables["phases-table"] == 2 and tables["categories-table"] == 11 and tables["ops-table"] == 10
+    assert tables["candidates-table"] == 2 and tables["rules-table"] == 2 and tables["rejected-table"] == 1
     labels = [c["label"] for c in result["charts"]]
-    assert labels == ["Quality against measured latency with the Pareto front",
+    assert labels == ["Kernel-category breakdown per phase, measured on cpu (Test CPU 9000, 2 threads)",
+                      "Roofline of the model's ops, projected to a100-80gb-sxm",
+                      "Quality against measured latency with the Pareto front",
                       "Predicted against measured speedup of p95 latency", "Recovery loss curve"]
     for chart in result["charts"]:
         assert chart["width"] >= 250 and chart["height"] >= 100, chart
-    # without profile.json the page says so instead of leaving the section empty
-    assert any(text.startswith("Not available: profile.json") for text in result["not_available"])
+    assert result["not_available"] == []  # every document was given: no section is left out
 
 
 @needs_chromium

@@ -173,6 +173,10 @@ def format_metric(metric: str, value) -> str:
     if value is None:
         return "—"
     if metric.endswith("_ms"):
+        if value >= 3.6e6:
+            return f"{value / 3.6e6:,.3g} h"
+        if value >= 1e4:
+            return f"{value / 1e3:,.3g} s"
         return f"{value:,.3g} ms" if value < 100 else f"{value:,.0f} ms"
     if metric.endswith("bytes"):
         for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -258,7 +262,8 @@ def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) 
         table.add_column("plan", max_width=48)
         table.add_column("why not", max_width=90)
         for labels, reason, rules in _group_rejected(plan.rejected):
-            table.add_row(escape(", ".join(labels)), escape(reason) + f" [dim]{escape('[' + ', '.join(rules) + ']')}[/]")
+            cited = escape("[" + ", ".join(rules) + "]")
+            table.add_row(escape(", ".join(labels)), escape(reason) + f" [dim]{cited}[/]")
         con.print(table)
     for lever in plan.verdict.levers:
         con.print(f"  lever: [bold]{escape(lever.lever)}[/] — {escape(lever.description)} "

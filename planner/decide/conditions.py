@@ -164,7 +164,8 @@ def parse_condition(data: Any, where: str = "") -> Condition:
     if len(keys) != 1 or not keys <= {"all", "any", "not"}:
         extra = sorted(keys - {"all", "any", "not"})
         if extra:
-            raise ConditionError(_prefix(where) + did_you_mean(extra[0], ["fact", "all", "any", "not"], "condition key"))
+            keys_ok = ["fact", "all", "any", "not"]
+            raise ConditionError(_prefix(where) + did_you_mean(extra[0], keys_ok, "condition key"))
         raise ConditionError(f"{_prefix(where)}use exactly one of all/any/not per mapping, got {sorted(keys)}")
     (word, body), = data.items()
     if word == "not":

@@ -61,7 +61,8 @@ def fire_context(ruleset: RuleSet, facts: dict[str, Any], values: dict[str, Any]
             continue
         out.fired.append(rule.id)
         entry = (rule, fill(rule.statement, values))
-        {"propose": out.proposals, "dont_prune": out.dont_prune, "suggest": out.suggestions}[rule.then.action].append(entry)
+        by_action = {"propose": out.proposals, "dont_prune": out.dont_prune, "suggest": out.suggestions}
+        by_action[rule.then.action].append(entry)
     return out
 
 
@@ -128,8 +129,9 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
 
     kept: list[Candidate] = []
     drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
-    rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape), label=candidate_label(d.prune, d.recovery, shape),
-                         prune=d.prune, recovery=d.recovery, rules=d.proposed_by, reasons=[why]) for d, why in unfit]
+    rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape),
+                         label=candidate_label(d.prune, d.recovery, shape), prune=d.prune, recovery=d.recovery,
+                         rules=d.proposed_by, reasons=[why]) for d, why in unfit]
     for draft in drafts:
         pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator)
         label = candidate_label(draft.prune, draft.recovery, shape)
@@ -148,7 +150,7 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         planner_version=planner_version, model=model, model_name=model_name, goal=goal, gpu=gpu.id,
         gpu_name=gpu.name, workload=workload, budget=budget, goal_metric=metric, dense_goal=dense.get(metric),
         dense_predicted=dense, profile=profile_info or {}, facts=facts, rules_version=ruleset.version,
-        rule_files=[p.name for p in ruleset.files], rules_fired=list(dict.fromkeys(fired)),
+        rule_files=[str(p) for p in ruleset.files], rules_fired=list(dict.fromkeys(fired)),
         candidates=candidates, rejected=rejected, verdict=_verdict(ctx, candidates, goal, gpu),
         notes=_plan_notes(goal, gpu),
     )
@@ -218,8 +220,8 @@ def _verdict(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu) 
                        text=f"don't prune; use {', '.join(a.lever for a in levers)}: no candidate is predicted to "
                             f"improve {goal.value} on {gpu.id} within the quality budget")
     top = candidates[0]
-    text = (f"prune: {top.label} — predicted {goal.value} {top.predicted_speedup:.2f}x better, projected to {gpu.id}; "
-            f"quality risk {top.quality_risk}; measure it with `plan run`")
+    text = (f"prune: {top.label} — predicted {goal.value} {top.predicted_speedup:.2f}x better, "
+            f"projected to {gpu.id}; quality risk {top.quality_risk}; measure it with `plan run`")
     if suggested:
         text += f"; also consider {', '.join(a.lever for a in suggested)}"
     return Verdict(action="prune", levers=suggested, text=text)

@@ -48,7 +48,8 @@ _FACT_LIST = [
     # -- the goal and the quality budget
     _f("goal", "enum", "--goal", "the deployment goal", _GOALS),
     _f("goal_is_latency", "bool", "--goal", "p50/p95/p99 latency, ttft or tpot"),
-    _f("max_ppl_increase", "number", "--max-ppl-increase", "relative held-out perplexity increase allowed (0.10 = +10%)"),
+    _f("max_ppl_increase", "number", "--max-ppl-increase",
+       "relative held-out perplexity increase allowed (0.10 = +10%)"),
     # -- the target GPU (profiles/gpus/*.yaml)
     _f("gpu", "text", "--gpu", "target GPU id, e.g. a100-80gb-sxm"),
     _f("gpu_family", "text", "GPU catalog", "GPU family, e.g. a100, t4"),
@@ -102,7 +103,8 @@ _FACT_LIST = [
     _f("non_model_share", "number", "profile", "non-model time / (non-model + model time) per request"),
     # -- one candidate (candidate-scope: reject and risk rules only)
     _f("kind", "enum", "candidate", "granularity of the candidate", PRUNE_KINDS, "candidate"),
-    _f("structured", "bool", "candidate", "removes whole channels/heads/layers (smaller dense tensors)", (), "candidate"),
+    _f("structured", "bool", "candidate", "removes whole channels/heads/layers (smaller dense tensors)", (),
+       "candidate"),
     _f("criterion", "enum", "candidate", "saliency criterion", CRITERIA, "candidate"),
     _f("ratio", "number", "candidate",
        "fraction removed of what the step prunes: sparsity, MLP channels, heads, layers; n/m for N:M", (), "candidate"),
@@ -170,7 +172,8 @@ def context_facts(*, goal: Goal, gpu, workload, budget, shape=None, params: int 
         if facts.get(name) is None and profile_facts.get(name) is not None:
             facts[name] = profile_facts[name]
     weights, kv = facts.get("weights_gb"), facts.get("kv_cache_gb")
-    facts["kv_cache_share"] = kv / (weights + kv) if weights is not None and kv is not None and weights + kv > 0 else None
+    known = weights is not None and kv is not None and weights + kv > 0
+    facts["kv_cache_share"] = kv / (weights + kv) if known else None
     for name in CONTEXT_FACTS:
         facts.setdefault(name, None)
     return facts

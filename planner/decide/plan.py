@@ -102,7 +102,7 @@ class Plan(_Doc):
     profile: dict[str, Any] = Field(default_factory=dict)  # where the profile came from: measured on, cache path
     facts: dict[str, Any] = Field(default_factory=dict)  # every context fact the rules saw
     rules_version: str
-    rule_files: list[str] = Field(default_factory=list)
+    rule_files: list[str] = Field(default_factory=list)  # paths of the rule files, as loaded
     rules_fired: list[str] = Field(default_factory=list)
     candidates: list[Candidate] = Field(default_factory=list)
     rejected: list[Rejected] = Field(default_factory=list)

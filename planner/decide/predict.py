@@ -170,7 +170,8 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None) ->
         "p50_ms": p_ms, "p95_ms": p_ms, "p99_ms": p_ms, "tokens_per_s": tokens_per_s,
         "usd_per_million_tokens": usd,
         "gpu_hours_per_million_tokens": 1e6 / (tokens_per_s * 3600.0) if tokens_per_s else None,
-        "weight_bytes": runtime_weights, "kv_cache_bytes": kv_bytes, "peak_memory_bytes": runtime_weights + kv_bytes + float(est.activation_bytes),
+        "weight_bytes": runtime_weights, "kv_cache_bytes": kv_bytes,
+        "peak_memory_bytes": runtime_weights + kv_bytes + float(est.activation_bytes),
         "file_bytes": file_bytes, "kv_bytes_per_token": kv_per_token, "kv_tokens": kv_tokens,
     }
     return out, notes

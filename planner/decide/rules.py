@@ -60,6 +60,8 @@ LEVERS: dict[str, str] = {
     "prefix-caching": "prefix caching: reuse the KV cache of shared prompt prefixes, skip their prefill",
     "speculative-decoding": "speculative decoding: a small draft model proposes tokens the model verifies in one pass",
     "serving-path": "fix the serving path (queueing, tokenization, network), where the time actually goes",
+    "dynamic-sparsity": "dynamic (contextual) sparsity: skip the MLP neurons and heads a cheap predictor marks "
+                        "inactive for each token; needs its own kernels, pays off in small-batch decode",
 }
 Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
 
@@ -251,7 +253,8 @@ def _describe_errors(exc: ValidationError, model: type[BaseModel] | None) -> str
             continue
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None or err["type"] == "value_error" else f" (got {got!r})"
+        hide = isinstance(got, (dict, list)) or got is None or err["type"] == "value_error"
+        shown = "" if hide else f" (got {got!r})"
         parts.append(f"{where}: {msg}{shown}" if where else msg)
     return "; ".join(parts)
 
@@ -318,12 +321,13 @@ def rule_files(folder: str | Path) -> list[Path]:
 
 def load_rules(extra_dirs: list[str | Path] | None = None, *, builtin: bool = True) -> RuleSet:
     """The built-in rules (rules/) plus every folder in `extra_dirs`. Duplicate rule ids are errors."""
-    folders = ([rules_dir()] if builtin else []) + [Path(d) for d in (extra_dirs or [])]
+    folders = [(rules_dir(), True)] if builtin else []
+    folders += [(Path(d), False) for d in (extra_dirs or [])]
     ruleset = RuleSet(rules=[])
     digest = hashlib.sha256()
-    for folder in folders:
+    for folder, is_builtin in folders:
         files = rule_files(folder)
-        if not files and folder != (rules_dir() if builtin else None):
+        if not files and not is_builtin:
             raise InputError(f"rules folder {str(folder)!r} has no *.yaml files")
         for path in files:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -24,10 +24,10 @@ def profile_facts(profile: "Profile") -> dict[str, float | str | bool]:
     non_model = profile.workload.non_model_ms
     share = proj.time_share
     return {
-        "prefill_bound": proj.prefill.bound,
-        "decode_bound": proj.decode.bound,
-        "prefill_intensity": proj.prefill.intensity,
-        "decode_intensity": proj.decode.intensity,
+        "prefill_bound": proj.prefill_bound,
+        "decode_bound": proj.decode_bound,
+        "prefill_intensity": proj.prefill_intensity,
+        "decode_intensity": proj.decode_intensity,
         "ridge_point": proj.ridge_point,
         "dominant_phase": proj.dominant_phase,
         "mlp_time_share": share["mlp"],

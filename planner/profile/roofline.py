@@ -211,6 +211,26 @@ class RooflineEstimate(Doc):
 
     @computed_field
     @property
+    def prefill_bound(self) -> Bound:
+        return self.prefill.bound
+
+    @computed_field
+    @property
+    def decode_bound(self) -> Bound:
+        return self.decode.bound
+
+    @computed_field
+    @property
+    def prefill_intensity(self) -> float:
+        return self.prefill.intensity
+
+    @computed_field
+    @property
+    def decode_intensity(self) -> float:
+        return self.decode.intensity
+
+    @computed_field
+    @property
     def dominant_phase(self) -> PhaseName:
         decode_total = self.workload.gen_len * self.decode_ms_per_token
         return "prefill" if self.prefill_ms >= decode_total else "decode"

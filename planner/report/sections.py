@@ -337,5 +337,7 @@ def build_context(results, profile=None, plan=None, problems: dict[str, str] | N
         "profile": profile_view(profile, results, problem=(problems or {}).get("profile.json")),
         "decision": plan_view(plan, results, problem=(problems or {}).get("plan.json")),
         "runtimes": sorted({r["latency"].runtime for r in rows if r["latency"] is not None}),
+        "memory_kinds": sorted({r["latency"].peak_memory_kind for r in rows
+                                if r["latency"] is not None and r["latency"].peak_memory_kind}),
         "fmt_metric": fmt_metric,
     }

@@ -1,0 +1,196 @@
+"""The runner end to end on a tiny checkpoint: stages, run folder, resume after a kill, bad plans, CLI."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from planner.cli import main
+from planner.decide.plan import Candidate, Plan, Verdict, save_plan
+from planner.errors import InputError
+from planner.prune.specs import CalibrationSpec, MlpChannelPruning, SemiStructuredPruning
+from planner.recover.specs import RecoverySpec
+from planner.run import run_plan
+from planner.run.results import load_results
+from planner.workload import Workload
+from tiny import save_tiny
+
+FAST = dict(slices=[], ppl_seq_len=64, ppl_max_tokens=1024, requests=3, warmup=1, measure_memory=False,
+            report=False, progress=False)
+
+
+def folder_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def make_plan(model: Path, path: Path) -> Path:
+    recovery = RecoverySpec(method="distill", max_steps=2, batch_size=2, seq_len=32, max_minutes=2)
+    common = dict(projected_to="a100-80gb-sxm", basis="projected to a100-80gb-sxm (roofline model)",
+                  goal_metric="p95_ms", quality_risk="low", calibration=CalibrationSpec(num_samples=2, seq_len=32))
+    plan = Plan(model=str(model), goal="p95-latency", gpu="a100-80gb-sxm", goal_metric="p95_ms",
+                rules_version="test", workload=Workload(prompt_len=16, gen_len=4),
+                verdict=Verdict(action="prune", text="prune MLP channels"),
+                candidates=[
+                    Candidate(rank=1, name="mlp-50", label="MLP channels -50%", prune=MlpChannelPruning(
+                        ratio=0.5, criterion="magnitude"), recovery=recovery, predicted_speedup=1.4, **common),
+                    Candidate(rank=2, name="nm-2-4", label="2:4", prune=SemiStructuredPruning(criterion="magnitude"),
+                              recovery=recovery, predicted_speedup=1.1, **common)])
+    return save_plan(plan, path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    model = save_tiny(base, "llama")
+    prompts = base / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "The interpreter", "max_new_tokens": 4, "chat": False})
+                       + "\n" + json.dumps({"id": "b", "prompt": "2 + 2 =", "gold": "4", "match": "number",
+                                            "max_new_tokens": 3, "chat": False}) + "\n")
+    text = base / "notes.txt"
+    text.write_text("Our product answers questions about invoices and shipping dates. " * 60)
+    return base, model, make_plan(model, base / "plan.json"), prompts, text
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    base, model, plan, prompts, text = setup
+    before = folder_hash(model)
+    out = base / "run-all"
+    code = main(["run", str(plan), "--out", str(out), "--all", "2", "--slices", "none", "--eval-prompts",
+                 str(prompts), "--eval-text", str(text), "--ppl-seq-len", "64", "--ppl-tokens", "1024",
+                 "--requests", "3", "--warmup", "1", "--no-memory", "--no-report", "--quiet"])
+    return code, out, before, model
+
+
+def test_full_run_writes_dense_and_pruned_quality_and_latency(full_run):
+    code, out, before, model = full_run
+    assert code == 0
+    r = load_results(out / "results.json")
+    assert [v.name for v in r.variants] == ["dense", "mlp-50", "nm-2-4"]
+    dense, mlp, nm = r.variants
+    for v in r.variants:
+        assert v.quality.heldout_ppl > 1 and v.quality.user_text_ppl > 1
+        assert v.latency.requests == 3 and v.latency.p95_ms > 0 and v.latency.ttft_p50_ms > 0
+        assert v.latency.measured_on == r.provenance.device.label
+    assert dense.quality.slices["user"].kl == 0.0 and dense.quality.slices["user"].top1_agreement == 1.0
+    assert mlp.quality.slices["user"].positions == dense.quality.slices["user"].positions == 7
+    assert mlp.size.shape["intermediate_size"] == 64 and dense.size.shape["intermediate_size"] == 128
+    assert mlp.size.parameters < dense.size.parameters and nm.size.parameters == dense.size.parameters
+    assert nm.size.pattern == "2:4" and nm.size.achieved_sparsity == pytest.approx(0.5)
+    assert mlp.recovery.steps == 2 and len(mlp.recovery.loss_curve) == 2
+    assert mlp.recovery.ppl_after == mlp.quality.heldout_ppl and mlp.recovery.ppl_before > 1
+    assert [s.variant for s in r.speedups] == ["mlp-50", "nm-2-4"]
+    assert r.speedups[0].predicted == 1.4
+    assert r.speedups[0].measured == pytest.approx(dense.latency.p95_ms / mlp.latency.p95_ms)
+    assert {"plan", "model"} <= set(r.provenance.input_hashes)
+    assert any(k.startswith("eval_prompts:") for k in r.provenance.input_hashes)
+    assert r.provenance.packages["torch"] == torch.__version__.split("+")[0] or r.provenance.packages["torch"]
+    assert [s.name for s in r.stages] == ["teacher", "quality:dense", "prune:1", "recover:1", "quality:1",
+                                          "prune:2", "recover:2", "quality:2", "latency"]
+    assert folder_hash(model) == before  # the source model is never modified
+
+
+def test_exported_checkpoints_reload_with_their_shapes_and_masks(full_run):
+    from transformers import AutoModelForCausalLM
+
+    _, out, _, _ = full_run
+    r = load_results(out / "results.json")
+    mlp = AutoModelForCausalLM.from_pretrained(r.variant("mlp-50").checkpoint)
+    assert mlp.model.layers[0].mlp.up_proj.weight.shape == (64, 64)
+    nm = AutoModelForCausalLM.from_pretrained(r.variant("nm-2-4").checkpoint)
+    w = nm.model.layers[1].mlp.down_proj.weight
+    zeros = (w.reshape(w.shape[0], -1, 4) == 0).sum(-1)
+    assert bool((zeros >= 2).all())  # recovery kept the 2:4 masks the pruning stage saved
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["candidates"] == [1, 2] and manifest["kind"] == "planner.run"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_kill_after_pruning_then_resume_does_not_redo_pruning(setup, monkeypatch):
+    import planner.prune
+    from planner.run.runner import Runner
+
+    base, model, plan, _, _ = setup
+    out = base / "run-kill"
+
+    def ctrl_c(self, cand, pruned):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "run_recover", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, out_dir=out, **FAST)
+    stages = sorted(p.name for p in (out / "stages").iterdir())
+    assert stages == ["prune-1.json", "quality-dense.json", "teacher.json"]
+    assert (out / "1-mlp-50" / "pruned" / "config.json").is_file()
+    assert not (out / "results.json").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no half-written stage output
+    monkeypatch.undo()
+
+    def no_pruning(*a, **k):
+        raise AssertionError("pruning ran again on resume")
+
+    monkeypatch.setattr(planner.prune, "apply_pruning", no_pruning)
+    with pytest.raises(InputError, match="already holds a run"):
+        run_plan(plan, out_dir=out, **FAST)
+    r = run_plan(plan, out_dir=out, resume=True, **FAST)
+    status = {s.name: s.status for s in r.stages}
+    assert status["prune:1"] == "resumed" and status["teacher"] == "resumed"
+    assert status["recover:1"] == "done" and status["latency"] == "done"
+    assert r.variant("mlp-50").size.shape["intermediate_size"] == 64
+    assert r.variant("mlp-50").pruning.seconds > 0  # carried over from the first run's stage output
+
+
+def test_resume_refuses_changed_options(setup):
+    base, model, plan, _, _ = setup
+    out = base / "run-kill"
+    if not (out / "manifest.json").exists():
+        pytest.skip("needs the folder of the kill test")
+    with pytest.raises(InputError, match="options changed.*requests"):
+        run_plan(plan, out_dir=out, resume=True, **{**FAST, "requests": 5})
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    (None, "unknown key"),
+    (None, "ratio"),
+])
+def test_corrupt_or_hand_edited_plan_exits_2(setup, tmp_path, capsys, content, message):
+    _, _, plan, _, _ = setup
+    data = json.loads(Path(plan).read_text())
+    if content is None and message == "unknown key":
+        data["candidates"][0]["pruned_by_hand"] = True
+    elif content is None:
+        data["candidates"][0]["prune"]["ratio"] = 1.5
+    bad = tmp_path / "plan.json"
+    bad.write_text(content if content is not None else json.dumps(data))
+    assert main(["run", str(bad), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_run_arguments_exit_2(setup, tmp_path, capsys):
+    _, _, plan, _, _ = setup
+    assert main(["run", str(plan), "--candidate", "7", "--out", str(tmp_path / "a")]) == 2
+    assert "no candidate of rank 7 (accepted: 1, 2)" in capsys.readouterr().err
+    assert main(["run", str(plan), "--slices", "maths", "--out", str(tmp_path / "b")]) == 2
+    assert "did you mean math" in capsys.readouterr().err
+    assert main(["run", str(plan), "--resume", "--out", str(tmp_path / "c")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["run", str(plan), "--eval-prompts", str(tmp_path / "missing.jsonl"), "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_masks_round_trip(tmp_path):
+    from planner.run.masks import load_masks, save_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = {"a.weight": torch.rand(5, 7, generator=g) > 0.5, "b": torch.rand(3, generator=g) > 0.3}
+    back = load_masks(save_masks(masks, tmp_path / "m.safetensors"))
+    assert back.keys() == masks.keys() and all(torch.equal(back[k], masks[k]) for k in masks)
