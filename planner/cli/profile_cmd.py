@@ -147,11 +147,12 @@ def print_summary(profile, out) -> None:
               f"{w.gen_len} x TPOT {_ms(proj.tpot_ms)} ms), {proj.tokens_per_s:,.0f} tokens/s; "
               f"dominant phase: {proj.dominant_phase}")
 
-    shares = Table(title=f"share of request time by category, projected to {profile.target_gpu}"
-                         + (f" vs measured on {escape(profile.local.label)}" if m else ""), title_justify="left")
+    shares = Table(title=f"share by category: projected to {profile.target_gpu} (whole request)"
+                         + (f" vs measured on {escape(profile.local.label)} (per phase)" if m else ""),
+                   title_justify="left")
     shares.add_column("category")
-    shares.add_column(f"projected to {profile.target_gpu}", justify="right")
-    shares.add_column("FLOPs (projected)", justify="right")
+    shares.add_column("time, projected", justify="right")
+    shares.add_column("FLOPs, projected", justify="right")
     if m:
         shares.add_column("prefill, measured", justify="right")
         shares.add_column("decode, measured", justify="right")

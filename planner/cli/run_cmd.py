@@ -101,17 +101,20 @@ def print_summary(results) -> None:
 
     device = results.provenance.device.label
     table = Table(title=f"measured on {escape(device)}", title_justify="left")
-    for col in ("variant", "params", "held-out ppl", "KL (mean)", "top-1 agree", "p50 ms", "p95 ms", "p99 ms",
-                "TTFT p50", "TPOT p50", "tok/s", "peak mem"):
+    for col in ("variant", "params", "held-out ppl", "KL (mean)", "top-1 agree", "exact match", "p50 ms", "p95 ms",
+                "p99 ms", "TTFT p50", "TPOT p50", "tok/s", "peak mem"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for v in results.variants:
         q, lat = v.quality, v.latency
         slices = list(q.slices.values()) if q else []
         kls = [s.kl for s in slices if s.kl is not None]
         tops = [s.top1_agreement for s in slices if s.top1_agreement is not None]
+        gold = sum(s.teacher_correct for s in slices)
+        exact = sum(s.exact_match_hits for s in slices) / gold if gold else None
         table.add_row(escape(v.name), f"{v.size.parameters / 1e6:.1f}M", _fmt(q.heldout_ppl if q else None, digits=2),
                       _fmt(sum(kls) / len(kls) if kls else None, digits=3),
                       _fmt(100 * sum(tops) / len(tops) if tops else None, "%"),
+                      _fmt(100 * exact if exact is not None else None, "%"),
                       _fmt(lat.p50_ms if lat else None), _fmt(lat.p95_ms if lat else None),
                       _fmt(lat.p99_ms if lat else None), _fmt(lat.ttft_p50_ms if lat else None),
                       _fmt(lat.tpot_p50_ms if lat else None, digits=2), _fmt(lat.tokens_per_s if lat else None),

@@ -63,6 +63,7 @@ PROJECTION_PART = {"q_proj": "attn_proj", "k_proj": "attn_proj", "v_proj": "attn
                    "o_proj": "attn_proj", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp",
                    "lm_head": "lm_head"}
 OUTSIDE = "outside layers"
+FRAMEWORK_OP = "framework (Python and dispatch between ops)"
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class ModuleLabels:
 @dataclass
 class Breakdown:
     total_ms: float
+    unattributed_ms: float
     by_category: dict[str, float]
     by_part: dict[str, float]
     by_module: dict[str, float]
@@ -210,42 +212,42 @@ def breakdown(span, modules: dict[str, ModuleInfo], cuda: bool = False) -> Break
     outside = ModuleInfo(None, OUTSIDE, "other")
     total_us = float(span.cpu_time_total)
 
-    def add(name: str, category: str, info: ModuleInfo, us: float) -> None:
+    def add(name: str, category: str, info: ModuleInfo, us: float, calls: int = 1) -> None:
         part = part_of(category, info.region)
         by_category[category] += us
         by_part[part] += us
         by_module[info.group] += us
         row = ops.setdefault((name, category, part), [0, 0.0])
-        row[0] += 1
+        row[0] += calls
         row[1] += us
 
-    accounted = 0.0
+    # on CPU the span's own self time is Python in the phase outside any module; on CUDA it is no device time
+    accounted = 0.0 if cuda else float(span.self_cpu_time_total)
+    add(FRAMEWORK_OP, "framework", outside, accounted, calls=0)
     stack = [(child, outside) for child in span.cpu_children]
-    add("framework (Python between ops)", "framework", outside, 0.0 if cuda else float(span.self_cpu_time_total))
-    accounted += 0.0 if cuda else float(span.self_cpu_time_total)
     while stack:
         event, info = stack.pop()
         if event.name.startswith(LABEL):
             info = modules.get(event.name[len(LABEL):], outside)
             us = 0.0 if cuda else float(event.self_cpu_time_total)
-            add("framework (Python between ops)", "framework", info, us)
+            add(FRAMEWORK_OP, "framework", info, us)
         else:
             category = info.category or classify_op(event.name, info.region)
             us = _self_time_us(event, cuda)
             add(event.name, category, info, us)
         accounted += us
         stack.extend((child, info) for child in event.cpu_children)
-    # CPU: self times partition the span, so this is rounding; CUDA: the device idled between kernels
+    # CPU: self times partition the span, so this is float rounding; CUDA: the device idled between kernels
     residual = total_us - accounted
-    if abs(residual) > 0:
-        add("framework (Python between ops)", "framework", outside, residual)
+    add(FRAMEWORK_OP, "framework", outside, residual, calls=0)
 
     to_ms = 1e-3
     rows = [MeasuredOp(name=n, category=c, part=p, calls=calls, self_ms=us * to_ms)
-            for (n, c, p), (calls, us) in ops.items() if us > 0 or calls]
+            for (n, c, p), (calls, us) in ops.items()]
     rows.sort(key=lambda r: -r.self_ms)
     return Breakdown(
         total_ms=total_us * to_ms,
+        unattributed_ms=residual * to_ms,
         by_category={k: v * to_ms for k, v in by_category.items()},
         by_part={k: v * to_ms for k, v in by_part.items()},
         by_module={k: v * to_ms for k, v in by_module.items()},
@@ -386,6 +388,7 @@ def measure_model(model, batch_size: int, prompt_len: int, *, device: str = "cpu
         phases.append(MeasuredPhase(
             phase=phase, label=label, batch_size=batch_size, new_tokens=new_tokens, context_len=ctx,
             profiled_ms=profiled, wall_ms=wall, unprofiled_ms=plain, total_ms=chosen.total_ms,
+            unattributed_ms=chosen.unattributed_ms,
             by_category=chosen.by_category, by_part=chosen.by_part, by_module=chosen.by_module, ops=chosen.ops,
         ))
     say(f"prefill {statistics.median(prefill_plain):.1f} ms, decode {statistics.median(decode_plain):.1f} ms/token")

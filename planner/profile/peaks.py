@@ -96,18 +96,30 @@ def _cache_file(dtype: str, device: str, threads: int):
     return cache_dir() / "peaks" / f"{platform.node() or 'host'}-{digest}.json"
 
 
+def _host_busy() -> tuple[bool, float]:
+    """(more runnable processes than CPUs, 1-minute load average)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return load > (os.cpu_count() or 1), load
+
+
 def measure_local_peaks(dtype: str = "fp32", cache: bool = True, device: str = "cpu") -> dict:
-    """{"flops": FLOP/s, "bandwidth": bytes/s, ...how it was measured}, cached per host, device, dtype, threads."""
+    """{"flops": FLOP/s, "bandwidth": bytes/s, ...how it was measured}, cached per host, device, dtype, threads.
+
+    Figures measured while the CPU host was busy (load above its CPU count) are reused only while it still is:
+    once the host is quiet they are measured again, so a crowded moment does not stick.
+    """
     import torch
 
     if dtype not in TORCH_DTYPES:
         raise InputError(f"cannot measure local peaks at dtype {dtype!r}; accepted: {', '.join(TORCH_DTYPES)}")
     threads = torch.get_num_threads()
     path = _cache_file(dtype, device, threads)
+    busy, load = _host_busy() if device == "cpu" else (False, 0.0)
     if cache and path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("flops", 0) > 0 and data.get("bandwidth", 0) > 0:
+            stale = data.get("host_busy", False) and not busy
+            if data.get("flops", 0) > 0 and data.get("bandwidth", 0) > 0 and not stale:
                 return data | {"cached": True}
         except (OSError, ValueError):
             pass  # a corrupt cache entry is measured again
@@ -117,6 +129,7 @@ def measure_local_peaks(dtype: str = "fp32", cache: bool = True, device: str = "
         "flops": flops, "bandwidth": bandwidth, "dtype": dtype, "device": device, "device_name": device_name(device),
         "threads": threads, "gemm_n": n, "copy_bytes": nbytes, "host": platform.node(),
         "torch": torch.__version__, "measured_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host_busy": busy, "load_average": load,
         "method": f"best of repeats: {n}x{n}x{n} matmul at {dtype}; copy of {nbytes >> 20} MiB (read + write)",
     }
     if cache:

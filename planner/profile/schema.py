@@ -62,6 +62,8 @@ class MeasuredPhase(Doc):
     wall_ms: list[float] = Field(description="wall clock of each profiled repeat, timed outside the profiler")
     unprofiled_ms: list[float] = Field(description="wall clock of each repeat without the profiler")
     total_ms: float = Field(description="profiled time of the median repeat; the categories add up to it")
+    unattributed_ms: float = Field(0.0, description="part of total_ms in no event's self time, counted as "
+                                                    "framework: float rounding on CPU, device idle on CUDA")
     by_category: dict[str, float]
     by_part: dict[str, float]
     by_module: dict[str, float]

@@ -115,16 +115,16 @@ def heldout_perplexity(model, tokenizer, max_tokens: int = EVAL_MAX_TOKENS) -> d
 
 def recovery_blocks(tokenizer, text: str, spec: RecoverySpec):
     """All non-overlapping `seq_len` blocks of the recovery text, (N, seq_len)."""
-    from planner.data import token_blocks
+    import torch
 
-    n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    n_blocks = n_tokens // spec.seq_len
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n_blocks = len(ids) // spec.seq_len
     if n_blocks < spec.batch_size:
         raise InputError(
-            f"the recovery text has {n_tokens} tokens, fewer than one batch of batch_size={spec.batch_size} x "
+            f"the recovery text has {len(ids)} tokens, fewer than one batch of batch_size={spec.batch_size} x "
             f"seq_len={spec.seq_len}; give more text (text_files) or a smaller batch_size/seq_len"
         )
-    return token_blocks(tokenizer, text, n_blocks, spec.seq_len)
+    return torch.tensor(ids[: n_blocks * spec.seq_len], dtype=torch.long).view(n_blocks, spec.seq_len)
 
 
 # -- internals ------------------------------------------------------------------------------------------------

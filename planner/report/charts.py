@@ -294,6 +294,9 @@ def loss_curve_svg(curves: dict[str, Sequence[tuple[float, float]]], *, ylabel: 
         steps, losses = zip(*points)
         ax.plot(steps, losses, color=PALETTE[k % len(PALETTE)], linewidth=1.4, label=_label(label, MAX_LABEL),
                 marker="." if len(points) < 30 else None)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel(_label(ylabel))
     ax.legend(loc="upper right")

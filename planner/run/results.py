@@ -427,12 +427,19 @@ def save_results(results: Results, path: str | Path) -> Path:
     return write_atomic(path, results.model_dump_json(indent=2))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write text to path so that a reader (or a crash) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a result file is for sharing
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

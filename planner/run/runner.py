@@ -24,7 +24,9 @@ import copy
 import hashlib
 import json
 import re
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -449,6 +451,8 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
         raise InputError(f"nothing to resume in {str(root)!r} (no manifest.json); run without --resume")
 
     device = pick_device(opt.device)
+    runner = Runner(plan, plan_path, folder, cands, opt, {}, device)
+    runner.prompt_sets()  # a bad prompt file fails now, before any work
     source = resolve_source(plan.model or None)
     if not source.has_weights:
         raise InputError(f"the plan's model {plan.model!r} has no weights (config only); `plan run` needs weights")
@@ -469,12 +473,19 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
         write_atomic(root / "plan.json", plan_path.read_text(encoding="utf-8"))
         write_atomic(root / "manifest.json", json.dumps(manifest, indent=2))
 
-    runner = Runner(plan, plan_path, folder, cands, opt, manifest, device)
+    runner.manifest = manifest
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the stages report their own progress; weight-loading bars are noise
     try:
         results = _run_stages(runner, source, devinfo)
     except KeyboardInterrupt:
         _say(f"[yellow]interrupted[/]: finished stages are kept in {root}; continue with --resume", True)
         raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     path = save_results(results, root / "results.json")
     _say(f"[green]results[/] {path}", opt.progress)
     if opt.report:
@@ -530,7 +541,7 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
                                      predicted=c.predicted) for c in cands])
     provenance = Provenance(planner_version=__version__, packages=runner.manifest["packages"], device=devinfo,
                             input_hashes=runner.manifest["input_hashes"], started_at=runner.manifest["started_at"],
-                            finished_at=_now(), run_dir=str(runner.folder.root))
+                            finished_at=_now(), run_dir=str(runner.folder.root), command=shlex.join(sys.argv))
     return Results(provenance=provenance, plan=summary, variants=variants, stages=runner.timings)
 
 
