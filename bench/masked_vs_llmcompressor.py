@@ -66,6 +66,8 @@ def worker(args) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     ids = torch.load(args.calib)
     loaded_rss = rss_mib()
@@ -109,10 +111,14 @@ def prune_peer(model, criterion: str, pattern: str, ids) -> None:
 # -- parent: calibration, workers, evaluation, table -----------------------------------------------------------
 
 
-def run_worker(python: str, engine: str, criterion: str, pattern: str, folder: str, calib: str, save: str) -> dict:
+def run_worker(python: str, engine: str, criterion: str, pattern: str, folder: str, calib: str, save: str,
+               threads: int | None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     cmd = [python, __file__, "--worker", engine, "--criterion", criterion, "--pattern", pattern,
            "--model", folder, "--calib", calib, "--save", save]
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        cmd += ["--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -150,6 +156,8 @@ def parent(args) -> int:
     from planner.models import resolve_source
 
     hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folder = args.model or str(resolve_source(None).path)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     calib = token_blocks(tokenizer, calibration_text(), args.samples, args.seq_len)
@@ -175,7 +183,7 @@ def parent(args) -> int:
             save = f"{tmp}/{engine}-{criterion}-{pattern.replace(':', 'of')}.safetensors"
             python = sys.executable if engine == "ours" else args.peer_python
             load = os.getloadavg()[0]
-            run = run_worker(python, engine, criterion, pattern, folder, calib_file, save)
+            run = run_worker(python, engine, criterion, pattern, folder, calib_file, save, args.threads)
             run.update(engine=engine, criterion=criterion, pattern=pattern, load_before=load)
             if "error" not in run:
                 run.update(evaluate(folder, save, eval_ids, pattern))
@@ -230,6 +238,7 @@ def main() -> int:
     p.add_argument("--only", nargs="*", help="criteria to run (magnitude wanda sparsegpt)")
     p.add_argument("--quick", action="store_true", help="8 x 128 calibration, 4096 eval tokens")
     p.add_argument("--json", help="also write all figures to this file")
+    p.add_argument("--threads", type=int, help="torch threads for every worker and the evaluation (default: torch's)")
     # worker mode (internal)
     p.add_argument("--worker", choices=["ours", "peer"], help=argparse.SUPPRESS)
     p.add_argument("--criterion", help=argparse.SUPPRESS)

@@ -194,3 +194,45 @@ def test_masks_round_trip(tmp_path):
     masks = {"a.weight": torch.rand(5, 7, generator=g) > 0.5, "b": torch.rand(3, generator=g) > 0.3}
     back = load_masks(save_masks(masks, tmp_path / "m.safetensors"))
     assert back.keys() == masks.keys() and all(torch.equal(back[k], masks[k]) for k in masks)
+
+
+def test_ctrl_c_in_a_real_process_leaves_finished_stages_only(setup, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import planner.prune
+    from planner.decide.plan import load_plan
+
+    base, model, _, _, _ = setup
+    plan = load_plan(base / "plan.json")
+    plan.candidates[0].recovery.max_steps = 100_000  # the time budget stops it: the signal lands inside recovery
+    plan.candidates[0].recovery.max_minutes = 0.3
+    plan_path = save_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "planner", "run", str(plan_path), "--out", str(out), "--slices", "none",
+           "--ppl-seq-len", "64", "--ppl-tokens", "1024", "--requests", "2", "--warmup", "0", "--no-memory",
+           "--no-report", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parent.parent, env={**os.environ, "PYTHONPATH": ""},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = out / "stages" / "prune-1.json"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate()[1][-2000:] if proc.poll() is not None else "no prune marker"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "resume" in err
+    assert not (out / "stages" / "recover-1.json").exists() and not (out / "1-mlp-50" / "model").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+    monkeypatch.setattr(planner.prune, "apply_pruning", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("pruning ran again on resume")))
+    r = run_plan(plan_path, out_dir=out, resume=True, slices=[], ppl_seq_len=64, ppl_max_tokens=1024,
+                 requests=2, warmup=0, measure_memory=False, report=False, progress=False)
+    assert {s.name: s.status for s in r.stages}["prune:1"] == "resumed"
+    assert r.variant("mlp-50").recovery.steps > 2  # the plan's long recovery ran to its budget on resume

@@ -8,8 +8,8 @@ examples:
   plan report results.json -o report.html
   plan report results.json --profile profile.json --plan plan.json -o report.html
 
-profile.json and plan.json are picked up from the folder of results.json when not given; a section whose document
-is missing says "not available". The page works offline (inline CSS and SVG charts, no script) and prints on A4.
+profile.json and plan.json are picked up from the folder of results.json when not given (the profile also from
+the path plan.json records); a section whose document is missing says "not available". The page works offline (inline CSS and SVG charts, no script) and prints on A4.
 """
 
 
@@ -28,7 +28,8 @@ def register(sub) -> None:
     )
     p.add_argument("results", help="results.json written by `plan run`")
     p.add_argument("-o", "--output", default=None, help="HTML file to write (default: report.html beside results)")
-    p.add_argument("--profile", default=None, help="profile.json (default: the one beside results.json, if any)")
+    p.add_argument("--profile", default=None,
+                   help="profile.json (default: the one beside results.json, else the one plan.json records)")
     p.add_argument("--plan", default=None, help="plan.json (default: the one beside results.json, if any)")
     p.set_defaults(func=run)
 

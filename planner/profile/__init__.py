@@ -103,7 +103,7 @@ def _measure(source, shape, workload, *, device: str, local, decode_steps: int, 
                               batch_size=workload.batch_size, dtype=dtype)
     local_roofline = estimate(shape, local_workload, local_spec, peaks=peaks)
     local_roofline = local_roofline.model_copy(update={
-        "label": f"roofline lower bound on {local.label} from its measured peaks ({dtype})"})
+        "label": f"projected to the local {local.label} from its measured peaks ({dtype}); roofline lower bound"})
     return Measured(
         label=label,
         dtype=dtype,

@@ -13,6 +13,8 @@ exactly what the merged, re-masked weight computes. It costs one more matrix pro
 
 from __future__ import annotations
 
+import warnings
+
 from planner.arch import get_adapter
 from planner.recover.train import TrainLog, train
 
@@ -27,7 +29,9 @@ def lora(student, teacher, blocks, spec, *, keeper=None, progress: bool = True) 
     config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=0.0, bias="none",
                         target_modules=targets, fan_in_fan_out=arch.conv1d)
     flags = [(p, p.requires_grad) for p in student.parameters()]
-    peft_model = get_peft_model(student, config, adapter_name=ADAPTER_NAME)
+    with warnings.catch_warnings():  # peft calls a transformers property deprecated in 5.x; nothing to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(student, config, adapter_name=ADAPTER_NAME)
     hooks = []
     try:
         if keeper is not None:

@@ -15,7 +15,7 @@ w^2 / [H^-1]_jj^2; N:M groups are chosen when the loop reaches their first colum
 
 from __future__ import annotations
 
-from planner.prune.masked.patterns import nm_mask, prune_lowest, split_count
+from planner.prune.masked.patterns import prune_lowest, split_count
 
 BLOCK_SIZE = 128
 DAMPENING = 0.01
@@ -65,19 +65,23 @@ def sparsegpt_prune(weight, hessian, *, sparsity: float = 0.0, n: int = 0, m: in
         w1 = wt[i1:i2]  # a view: updated in place
         hinv1 = hinv[i1:i2, i1:i2]
         d = hinv1.diagonal().clone().view(-1, 1)
+        d2 = d.square()
         keep1 = keep_t[i1:i2]
         if not m:
-            keep1.copy_(prune_lowest((w1.square() / d.square()).view(1, -1), [counts[b]]).view_as(w1))
+            keep1.copy_(prune_lowest((w1.square() / d2).view(1, -1), [counts[b]]).view_as(w1))
         # err_j = (w_j - q_j) / [H^-1]_jj = w_j * pruned_j / d_j, so one multiply per column
         err_scale = (~keep1).float() / d
         err1 = torch.zeros_like(w1)
+        # row views made once per block: slicing inside the loop costs more Python time than the arithmetic
+        w_rows, err_rows, scale_rows = w1.unbind(0), err1.unbind(0), err_scale.unbind(0)
         for j in range(i2 - i1):
-            if m and j % m == 0:
-                group = (w1[j : j + m].square() / d[j : j + m].square()).t()  # (out, m)
-                keep1[j : j + m] = nm_mask(group, n, m).t()
-                err_scale[j : j + m] = (~keep1[j : j + m]).float() / d[j : j + m]
-            torch.mul(w1[j], err_scale[j], out=err1[j])
-            w1[j:].addr_(hinv1[j, j:], err1[j], alpha=-1.0)
+            if m and j % m == 0:  # choose this N:M group now, from the weights updated so far
+                lowest = (w1[j : j + m].square() / d2[j : j + m]).topk(n, dim=0, largest=False).indices
+                pruned = torch.zeros((m, rows), dtype=torch.bool).scatter_(0, lowest, True)
+                torch.bitwise_not(pruned, out=keep1[j : j + m])
+                torch.div(pruned, d[j : j + m], out=err_scale[j : j + m])
+            torch.mul(w_rows[j], scale_rows[j], out=err_rows[j])
+            w1[j:].addr_(hinv1[j, j:], err_rows[j], alpha=-1.0)
         if i2 < cols:
             wt[i2:].addmm_(hinv[i1:i2, i2:].t(), err1, alpha=-1.0)
     wt.mul_(keep_t)  # the update leaves pruned entries at ~1e-8, not exactly 0
