@@ -7,8 +7,8 @@ held-out perplexity per importance criterion. One run, variants interleaved, med
 Latency: fp32 on this CPU, batch 1. Prefill = one forward over a `--prompt-len` prompt that fills a KV cache and
 computes logits of the last position only (as generate and serving stacks do); decode = `--decode-steps` single
 token steps on that cache, reported per token. Each round runs every variant once, in a rotated order (A B C, B C A,
-...), so a slow spell from other processes on the machine hits all variants alike; the medians over rounds are
-compared as ratios to the dense model of the same run.
+...), so a slow spell from other processes on the machine hits all variants alike. Times are medians over rounds;
+speedups are medians over rounds of (dense time / variant time) within the same round.
 
 Prediction: `planner.profile.roofline.estimate` for each pruned shape on this CPU's measured peaks
 (`planner.profile.peaks.measure_local_peaks`); speedup = dense estimate / pruned estimate.
@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--ablation-samples", type=int, default=4, help="calibration samples per ablation perplexity")
     p.add_argument("--skip-ppl", action="store_true", help="latency only")
     p.add_argument("--quick", action="store_true", help="3 rounds, 2048 perplexity tokens, 4 calibration samples")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args(argv)
     if args.quick:
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     from planner.profile.peaks import measure_local_peaks
     from planner.prune.structured import default_round_to
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     loaded = load_model()
@@ -156,8 +159,8 @@ def main(argv=None) -> int:
               + (f"  (pruned in {result.seconds:.1f}s)" if result else ""), flush=True)
 
     # -- roofline prediction on this CPU's measured peaks ----------------------------------------------------
-    peaks = measure_local_peaks("fp32")
-    print(f"local peaks (measured{' earlier, cached' if peaks.get('cached') else ''}): "
+    peaks = measure_local_peaks("fp32", cache=False)  # now, under the same load as the latency rounds
+    print(f"local peaks (measured now): "
           f"{peaks['flops'] / 1e9:.1f} GFLOP/s fp32 GEMM, {peaks['bandwidth'] / 1e9:.1f} GB/s copy")
     for v in variants:
         v["pred_prefill_ms"], v["pred_decode_ms"] = predicted_ms(v["shape"], args.prompt_len, args.decode_steps, peaks)
@@ -175,7 +178,6 @@ def main(argv=None) -> int:
             v["decode"].append(dec)
         print(f"  round {r + 1}/{args.repeats} done (load {os.getloadavg()[0]:.2f})", flush=True)
     base = variants[0]
-    base_pre, base_dec = statistics.median(base["prefill"]), statistics.median(base["decode"])
 
     print(f"\n## latency, measured on this CPU (median of {args.repeats} interleaved rounds; prompt "
           f"{args.prompt_len} tokens, batch 1; decode {args.decode_steps} steps) beside the roofline projected "
@@ -186,8 +188,9 @@ def main(argv=None) -> int:
     print("-" * len(header))
     for v in variants:
         pre, dec = statistics.median(v["prefill"]), statistics.median(v["decode"])
-        v.update(prefill_ms=pre * 1e3, decode_ms=dec * 1e3, prefill_speedup=base_pre / pre,
-                 decode_speedup=base_dec / dec,
+        v.update(prefill_ms=pre * 1e3, decode_ms=dec * 1e3,
+                 prefill_speedup=statistics.median(b / x for b, x in zip(base["prefill"], v["prefill"])),
+                 decode_speedup=statistics.median(b / x for b, x in zip(base["decode"], v["decode"])),
                  pred_prefill_speedup=base["pred_prefill_ms"] / v["pred_prefill_ms"],
                  pred_decode_speedup=base["pred_decode_ms"] / v["pred_decode_ms"])
         print(f"{v['name']:<24} {v['params'] / 1e6:7.2f}M {v['prefill_ms']:11.1f} {v['prefill_speedup']:7.2f}x "

@@ -17,10 +17,6 @@ from planner.run.results import load_results
 from planner.workload import Workload
 from tiny import save_tiny
 
-FAST = dict(slices=[], ppl_seq_len=64, ppl_max_tokens=1024, requests=3, warmup=1, measure_memory=False,
-            report=False, progress=False)
-
-
 def folder_hash(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
@@ -64,7 +60,7 @@ def full_run(setup):
     out = base / "run-all"
     code = main(["run", str(plan), "--out", str(out), "--all", "2", "--slices", "none", "--eval-prompts",
                  str(prompts), "--eval-text", str(text), "--ppl-seq-len", "64", "--ppl-tokens", "1024",
-                 "--requests", "3", "--warmup", "1", "--no-memory", "--no-report", "--quiet"])
+                 "--requests", "3", "--warmup", "1", "--no-memory"])
     return code, out, before, model
 
 
@@ -94,6 +90,11 @@ def test_full_run_writes_dense_and_pruned_quality_and_latency(full_run):
     assert [s.name for s in r.stages] == ["teacher", "quality:dense", "prune:1", "recover:1", "quality:1",
                                           "prune:2", "recover:2", "quality:2", "latency"]
     assert folder_hash(model) == before  # the source model is never modified
+    try:
+        import planner.report  # noqa: F401  (written by another engineer)
+    except ImportError:
+        return
+    assert "mlp-50" in (out / "report.html").read_text()
 
 
 def test_exported_checkpoints_reload_with_their_shapes_and_masks(full_run):
@@ -110,49 +111,6 @@ def test_exported_checkpoints_reload_with_their_shapes_and_masks(full_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["candidates"] == [1, 2] and manifest["kind"] == "planner.run"
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-
-
-def test_kill_after_pruning_then_resume_does_not_redo_pruning(setup, monkeypatch):
-    import planner.prune
-    from planner.run.runner import Runner
-
-    base, model, plan, _, _ = setup
-    out = base / "run-kill"
-
-    def ctrl_c(self, cand, pruned):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Runner, "run_recover", ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        run_plan(plan, out_dir=out, **FAST)
-    stages = sorted(p.name for p in (out / "stages").iterdir())
-    assert stages == ["prune-1.json", "quality-dense.json", "teacher.json"]
-    assert (out / "1-mlp-50" / "pruned" / "config.json").is_file()
-    assert not (out / "results.json").exists()
-    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no half-written stage output
-    monkeypatch.undo()
-
-    def no_pruning(*a, **k):
-        raise AssertionError("pruning ran again on resume")
-
-    monkeypatch.setattr(planner.prune, "apply_pruning", no_pruning)
-    with pytest.raises(InputError, match="already holds a run"):
-        run_plan(plan, out_dir=out, **FAST)
-    r = run_plan(plan, out_dir=out, resume=True, **FAST)
-    status = {s.name: s.status for s in r.stages}
-    assert status["prune:1"] == "resumed" and status["teacher"] == "resumed"
-    assert status["recover:1"] == "done" and status["latency"] == "done"
-    assert r.variant("mlp-50").size.shape["intermediate_size"] == 64
-    assert r.variant("mlp-50").pruning.seconds > 0  # carried over from the first run's stage output
-
-
-def test_resume_refuses_changed_options(setup):
-    base, model, plan, _, _ = setup
-    out = base / "run-kill"
-    if not (out / "manifest.json").exists():
-        pytest.skip("needs the folder of the kill test")
-    with pytest.raises(InputError, match="options changed.*requests"):
-        run_plan(plan, out_dir=out, resume=True, **{**FAST, "requests": 5})
 
 
 @pytest.mark.parametrize("content, message", [
@@ -196,7 +154,7 @@ def test_masks_round_trip(tmp_path):
     assert back.keys() == masks.keys() and all(torch.equal(back[k], masks[k]) for k in masks)
 
 
-def test_ctrl_c_in_a_real_process_leaves_finished_stages_only(setup, tmp_path, monkeypatch):
+def test_ctrl_c_after_pruning_then_resume_does_not_redo_pruning(setup, tmp_path, monkeypatch):
     import os
     import signal
     import subprocess
@@ -230,9 +188,20 @@ def test_ctrl_c_in_a_real_process_leaves_finished_stages_only(setup, tmp_path, m
     assert not (out / "stages" / "recover-1.json").exists() and not (out / "1-mlp-50" / "model").exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
-    monkeypatch.setattr(planner.prune, "apply_pruning", lambda *a, **k: (_ for _ in ()).throw(
-        AssertionError("pruning ran again on resume")))
-    r = run_plan(plan_path, out_dir=out, resume=True, slices=[], ppl_seq_len=64, ppl_max_tokens=1024,
-                 requests=2, warmup=0, measure_memory=False, report=False, progress=False)
-    assert {s.name: s.status for s in r.stages}["prune:1"] == "resumed"
-    assert r.variant("mlp-50").recovery.steps > 2  # the plan's long recovery ran to its budget on resume
+    def no_pruning(*a, **k):
+        raise AssertionError("pruning ran again on resume")
+
+    monkeypatch.setattr(planner.prune, "apply_pruning", no_pruning)
+    same = dict(slices=[], ppl_seq_len=64, ppl_max_tokens=1024, requests=2, warmup=0, measure_memory=False,
+                report=False, progress=False)
+    with pytest.raises(InputError, match="already holds a run"):
+        run_plan(plan_path, out_dir=out, **same)
+    with pytest.raises(InputError, match="options changed.*requests"):
+        run_plan(plan_path, out_dir=out, resume=True, **{**same, "requests": 5})
+    r = run_plan(plan_path, out_dir=out, resume=True, **same)
+    status = {s.name: s.status for s in r.stages}
+    assert status["prune:1"] == status["teacher"] == status["quality:dense"] == "resumed"
+    assert status["recover:1"] == status["latency"] == "done"
+    mlp = r.variant("mlp-50")
+    assert mlp.size.shape["intermediate_size"] == 64 and mlp.pruning.seconds > 0  # from the first run's output
+    assert mlp.recovery.steps > 2  # the plan's recovery ran to its time budget on resume

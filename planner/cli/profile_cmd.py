@@ -214,6 +214,11 @@ def _print_measured(profile, out, Table, escape, categories) -> None:
     ops = Table(title=f"top ops of the prefill, {where}", title_justify="left")
     for header in ("op", "category", "calls", "self ms"):
         ops.add_column(header, justify="right" if header in ("calls", "self ms") else "left")
-    for op in m.prefill.ops[:8]:
-        ops.add_row(escape(op.name), op.category, str(op.calls), _ms(op.self_ms))
+    merged: dict[tuple[str, str], list] = {}  # the same op in several modules: one row per op and category
+    for op in m.prefill.ops:
+        row = merged.setdefault((op.name, op.category), [0, 0.0])
+        row[0] += op.calls
+        row[1] += op.self_ms
+    for (name, category), (calls, self_ms) in sorted(merged.items(), key=lambda kv: -kv[1][1])[:8]:
+        ops.add_row(escape(name), category, str(calls), _ms(self_ms))
     out.print(ops)

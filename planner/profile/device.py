@@ -40,4 +40,4 @@ def describe_local_device(device: str = "cpu") -> LocalDevice:
     name = cpu_name()
     return LocalDevice(kind="cpu", name=name, threads=threads, cpu_count=os.cpu_count(),
                        memory_bytes=float(psutil.virtual_memory().total), nvml=nvml,
-                       label=f"cpu ({name}, {threads} threads)")
+                       label=f"cpu ({name}, {threads} thread{'s' if threads != 1 else ''})")
