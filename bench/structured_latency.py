@@ -37,14 +37,15 @@ def parse_args(argv=None):
     p.add_argument("--ppl-tokens", type=int, default=8192, help="held-out tokens per perplexity (default 8192)")
     p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-len", type=int, default=256)
-    p.add_argument("--ablation-samples", type=int, default=4, help="calibration samples per ablation perplexity")
+    p.add_argument("--ablation-samples", type=int, default=2,
+                   help="calibration samples per ablation perplexity (one pass per layer; default 2)")
     p.add_argument("--skip-ppl", action="store_true", help="latency only")
     p.add_argument("--quick", action="store_true", help="3 rounds, 2048 perplexity tokens, 4 calibration samples")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats, args.ppl_tokens, args.calib_samples, args.ablation_samples = 3, 2048, 4, 2
+        args.repeats, args.ppl_tokens, args.calib_samples, args.ablation_samples = 3, 2048, 4, 1
     return args
 
 

@@ -143,6 +143,10 @@ def test_bad_run_arguments_exit_2(setup, tmp_path, capsys):
     assert main(["run", str(plan), "--eval-prompts", str(tmp_path / "missing.jsonl"), "--out",
                  str(tmp_path / "d")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words")
+    assert main(["run", str(plan), "--eval-text", str(short), "--slices", "none", "--out", str(tmp_path / "e")]) == 2
+    assert "perplexity needs at least one window of 256" in capsys.readouterr().err
 
 
 def test_masks_round_trip(tmp_path):

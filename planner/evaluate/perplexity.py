@@ -11,19 +11,25 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, max_tokens: int 
                batch_size: int = 4) -> dict:
     """Perplexity of `model` on `text` in windows of `seq_len` tokens (the first token of each window is context
     only). Returns {"ppl", "nll", "tokens", "windows", "seq_len"}; nll is the mean over predicted tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return perplexity_of_tokens(model, ids, seq_len, max_tokens, batch_size)
+
+
+def perplexity_of_tokens(model, ids: list[int], seq_len: int = 512, max_tokens: int | None = 16_384,
+                         batch_size: int = 4, progress: bool = False) -> dict:
+    """perplexity() of an already tokenized text (a caller evaluating many models tokenizes once)."""
     import torch
 
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     windows = len(ids) // seq_len
     if windows < 1:
         raise InputError(f"evaluation text has {len(ids)} tokens; need at least seq_len={seq_len}")
     data = torch.tensor(ids[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
-    return perplexity_of_ids(model, data, batch_size)
+    return perplexity_of_ids(model, data, batch_size, progress)
 
 
-def perplexity_of_ids(model, data, batch_size: int = 4) -> dict:
+def perplexity_of_ids(model, data, batch_size: int = 4, progress: bool = False) -> dict:
     """Perplexity over a (windows, seq_len) LongTensor of token ids."""
     import torch
     import torch.nn.functional as F
@@ -31,8 +37,10 @@ def perplexity_of_ids(model, data, batch_size: int = 4) -> dict:
     device = next(model.parameters()).device
     total_nll = 0.0
     total = 0
+    from tqdm.auto import tqdm
+
     with torch.inference_mode():
-        for start in range(0, data.shape[0], batch_size):
+        for start in tqdm(range(0, data.shape[0], batch_size), desc="perplexity", disable=not progress, leave=False):
             batch = data[start : start + batch_size].to(device)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
             target = batch[:, 1:]

@@ -60,7 +60,7 @@ def device_info(device: str = "cpu") -> DeviceInfo:
     common = dict(cpu_name=cpu_name(), cpu_cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
                   os=f"{platform.system()} {platform.release()}", python=sys.version.split()[0])
     if device.startswith("cuda"):
-        nvml = query_nvml()
+        nvml = query_nvml()  # clocks, power limit and driver: facts that move latency figures
         props = torch.cuda.get_device_properties(device)
         index = torch.device(device).index or 0
         facts = next((d.model_dump() for d in nvml.devices if d.index == index), {})
@@ -69,4 +69,4 @@ def device_info(device: str = "cpu") -> DeviceInfo:
                           cuda_version=torch.version.cuda, driver_version=nvml.driver_version,
                           compute_capability=f"{props.major}.{props.minor}", nvml=facts, **common)
     return DeviceInfo(kind="cpu", name=common["cpu_name"], memory_bytes=int(psutil.virtual_memory().total),
-                      **common)
+                      nvml={"status": query_nvml().status}, **common)

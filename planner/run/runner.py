@@ -173,6 +173,7 @@ class Runner:
         self.timings: list[StageTiming] = []
         self._dense = None
         self._prompt_sets = None
+        self._tokens: dict[str, list[int]] = {}
 
     # -- shared inputs, loaded on first use (a resumed run may not need them) --
 
@@ -224,12 +225,20 @@ class Runner:
     def cand_dir(self, cand) -> Path:
         return self.folder.root / f"{cand.rank}-{_slug(cand.name)}"
 
-    def heldout_ppl(self, model) -> dict[str, Any]:
-        from planner.data import heldout_text
-        from planner.evaluate.perplexity import perplexity
+    def tokens(self, key: str) -> list[int]:
+        """Token ids of the held-out text ("heldout") or the user's text ("user"), tokenized once per run."""
+        if key not in self._tokens:
+            from planner.data import heldout_text, read_text_files
 
-        return perplexity(model, self.tokenizer, heldout_text(), seq_len=self.seq_len(model),
-                          max_tokens=self.opt.ppl_max_tokens)
+            text = heldout_text() if key == "heldout" else read_text_files(self.opt.eval_text)
+            self._tokens[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokens[key]
+
+    def ppl(self, model, key: str = "heldout") -> dict[str, Any]:
+        from planner.evaluate.perplexity import perplexity_of_tokens
+
+        return perplexity_of_tokens(model, self.tokens(key), seq_len=self.seq_len(model),
+                                    max_tokens=self.opt.ppl_max_tokens, progress=self.opt.progress)
 
     def run_teacher(self) -> dict[str, Any]:
         from planner.evaluate.agreement import teacher_traces
@@ -240,16 +249,13 @@ class Runner:
                                                for ps in self.prompt_sets()}}
 
     def run_quality(self, model, traces: dict[str, Any]) -> dict[str, Any]:
-        from planner.data import read_text_files
         from planner.evaluate.agreement import slice_agreement
-        from planner.evaluate.perplexity import perplexity
 
-        held = self.heldout_ppl(model)
+        held = self.ppl(model)
         quality: dict[str, Any] = {"heldout_ppl": held["ppl"], "heldout_nll": held["nll"],
                                    "heldout_tokens": held["tokens"], "seq_len": held["seq_len"]}
         if self.opt.eval_text:
-            user = perplexity(model, self.tokenizer, read_text_files(self.opt.eval_text), seq_len=self.seq_len(model),
-                              max_tokens=self.opt.ppl_max_tokens)
+            user = self.ppl(model, "user")
             quality.update(user_text_ppl=user["ppl"], user_text_tokens=user["tokens"])
         quality["slices"] = {ps.name: slice_agreement(model, self.dense.model, self.tokenizer, ps, traces[ps.name],
                                                       self.opt.progress)
@@ -271,7 +277,7 @@ class Runner:
         out_dir = self.cand_dir(cand) / "pruned"
         ppl_before = None
         if cand.recovery.method != "none":
-            ppl_before = self.heldout_ppl(model)["ppl"]
+            ppl_before = self.ppl(model)["ppl"]
         details = _jsonable(result.details)
         meta = {"planner_stage": "prune", "prune": cand.prune.model_dump(mode="json"),
                 "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
@@ -497,6 +503,11 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
     from planner import __version__
 
     cands = runner.candidates
+    if runner.opt.eval_text and not runner.folder.done("quality:dense"):
+        need, have = runner.seq_len(runner.dense.model), len(runner.tokens("user"))
+        if have < need:  # fail before hours of work, not in the middle
+            raise InputError(f"--eval-text {', '.join(runner.opt.eval_text)} has {have} tokens; perplexity needs "
+                             f"at least one window of {need} (use more text or a smaller --ppl-seq-len)")
     total = 3 + 3 * len(cands)
     n = iter(range(1, total + 1))
     teacher_out = runner.stage("teacher", runner.run_teacher, next(n), total)
