@@ -15,13 +15,14 @@ The peer lives in a separate virtualenv (it is not a project dependency):
 Every worker prunes and saves only the decoder linear weights; the parent evaluates every pruned model with the
 same code in this environment, so differences in perplexity come from the pruning alone. Wall time is the pruning
 call only (the peer's `oneshot`, our `apply_pruning`), not model loading. Peak RSS is the worker's high-water mark
-(ru_maxrss) at the end of pruning; model loading is included in it for both, and the RSS after loading is printed
-too so the pruning's own share is visible.
+during pruning: the mark is reset through /proc/self/clear_refs after loading (else ru_maxrss since start, which
+includes the loader's transient copies); it includes the model itself, whose RSS before pruning is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -48,8 +49,30 @@ RUNS = [
 ]
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def status_mib(field: str) -> float | None:
+    """VmRSS / VmHWM of this process from /proc (Linux), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the RSS high-water mark (Linux >= 4.0), so the peak measured covers the pruning alone and not the
+    transient copies made while loading the checkpoint."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    hwm = status_mib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def linear_weights(model) -> dict:
@@ -70,17 +93,19 @@ def worker(args) -> None:
         torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     ids = torch.load(args.calib)
-    loaded_rss = rss_mib()
+    gc.collect()
+    reset = reset_peak_rss()
+    loaded_rss = status_mib("VmRSS") or peak_rss_mib()
     start = time.perf_counter()
     if args.worker == "ours":
         prune_ours(model, args.criterion, args.pattern, ids)
     else:
         prune_peer(model, args.criterion, args.pattern, ids)
     seconds = time.perf_counter() - start
-    peak = rss_mib()
+    peak = peak_rss_mib()
     save_file(linear_weights(model), args.save)
     print("RESULT " + json.dumps({"seconds": seconds, "peak_rss_mib": peak, "loaded_rss_mib": loaded_rss,
-                                  "threads": torch.get_num_threads()}))
+                                  "peak_is_pruning_only": reset, "threads": torch.get_num_threads()}))
 
 
 def prune_ours(model, criterion: str, pattern: str, ids) -> None:
@@ -188,7 +213,7 @@ def parent(args) -> int:
             if "error" not in run:
                 run.update(evaluate(folder, save, eval_ids, pattern))
                 print(f"{engine} {criterion} {pattern}: ppl {run['ppl']:.3f}, {run['seconds']:.1f} s, peak RSS "
-                      f"{run['peak_rss_mib']:.0f} MiB (after load {run['loaded_rss_mib']:.0f}), sparsity "
+                      f"{run['peak_rss_mib']:.0f} MiB (before pruning {run['loaded_rss_mib']:.0f}), sparsity "
                       f"{run['sparsity']:.4f}" + (f", 2:4 violations {run['nm_violations']}" if pattern == "2:4" else ""),
                       flush=True)
             else:

@@ -242,6 +242,15 @@ def test_sparsegpt_layer_error_is_below_magnitude_on_a_tiny_model(spec):
     assert sum(sparsegpt.values()) < sum(wanda.values())
 
 
+def test_bf16_model_keeps_its_dtype_and_an_exact_pattern():
+    model = tiny_model("llama").to(torch.bfloat16)
+    result = apply_pruning(model, SemiStructuredPruning(n=2, m=4, criterion="sparsegpt"), example_ids(4, 16),
+                           progress=False)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert masked.weight_sparsity(model, 2, 4)["nm_violations"] == 0
+    assert result.achieved_sparsity == 0.5
+
+
 def test_sparsegpt_at_zero_sparsity_leaves_the_model_unchanged():
     model = tiny_model("qwen2")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -52,12 +52,12 @@ def sparsegpt_prune(weight, hessian, *, sparsity: float = 0.0, n: int = 0, m: in
     import torch
 
     rows, cols = weight.shape
-    hinv = inverse_hessian_factor(hessian, dampening)
+    hinv = inverse_hessian_factor(hessian.to(weight.device), dampening)
     if m:
         block_size = max(m, block_size // m * m)  # an N:M group never straddles two blocks
     # work on W^T (in, out): a column of W is then a contiguous row, and the per-column update a contiguous slab
     wt = weight.detach().float().t().contiguous()
-    keep_t = torch.ones((cols, rows), dtype=torch.bool)
+    keep_t = torch.ones((cols, rows), dtype=torch.bool, device=wt.device)
     starts = list(range(0, cols, block_size))
     counts = split_count(sparsity, [rows * (min(s + block_size, cols) - s) for s in starts]) if not m else []
     for b, i1 in enumerate(starts):
@@ -77,7 +77,7 @@ def sparsegpt_prune(weight, hessian, *, sparsity: float = 0.0, n: int = 0, m: in
         for j in range(i2 - i1):
             if m and j % m == 0:  # choose this N:M group now, from the weights updated so far
                 lowest = (w1[j : j + m].square() / d2[j : j + m]).topk(n, dim=0, largest=False).indices
-                pruned = torch.zeros((m, rows), dtype=torch.bool).scatter_(0, lowest, True)
+                pruned = torch.zeros((m, rows), dtype=torch.bool, device=wt.device).scatter_(0, lowest, True)
                 torch.bitwise_not(pruned, out=keep1[j : j + m])
                 torch.div(pruned, d[j : j + m], out=err_scale[j : j + m])
             torch.mul(w_rows[j], scale_rows[j], out=err_rows[j])
