@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     spread = {v["name"]: (min(v["prefill"]) * 1e3, max(v["prefill"]) * 1e3) for v in variants}
     print("prefill min..max ms per variant: " + "; ".join(f"{k} {a:.0f}..{b:.0f}" for k, (a, b) in spread.items()))
     heads = next(v for v in variants if v["name"].startswith("heads"))
-    print(f"note: heads -25% by KV group on {base['shape'].num_kv_heads} KV groups removes whole groups, so it achieved "
+    print(f"note: heads -25% by KV group on {base['shape'].num_kv_heads} KV groups removes whole groups: it achieved "
           f"{heads['details'].get('achieved_ratio', 0):.1%} ({heads['shape'].num_heads} of "
           f"{base['shape'].num_heads} query heads kept)")
 

@@ -147,7 +147,7 @@ def test_zeroed_heads_are_removed_exactly(family, mode, ratio, criterion, ids):
 
 
 def make_identity_layer(model, index: int) -> None:
-    """Zero what layer `index` adds to the residual stream (attention output and MLP output): it becomes the identity."""
+    """Zero what layer `index` adds to the residual stream (attention and MLP outputs): it becomes the identity."""
     adapter = get_adapter(model)
     layer = adapter.get_layers(model)[index]
     for role in ("o", "down"):

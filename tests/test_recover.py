@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import pytest
@@ -18,7 +19,7 @@ from planner.recover.budget import Budget
 from planner.recover.losses import kd_loss, lm_loss, recovery_loss
 from planner.recover.specs import RecoverySpec
 
-FAST = dict(max_steps=4, batch_size=2, seq_len=32, lr=1e-3, warmup_steps=0, max_minutes=None)
+FAST = dict(max_steps=4, batch_size=2, seq_len=32, lr=1e-3, warmup=0.0, max_minutes=None)
 SHORT = calibration_text()[:20_000]  # tokenizing all of it costs more than a tiny model's training
 
 
@@ -112,6 +113,16 @@ def test_budget_stops_on_the_first_limit():
     assert b.stop_reason(3, 0, 55.0, 256, 6.0) == "max_minutes"  # the next step would overrun
     assert b.fraction_used(5, 100, 6.0) == pytest.approx(0.5)
     assert b.fraction_used(1, 900, 6.0) == pytest.approx(0.9)
+
+
+def test_learning_rate_warms_up_then_decays_over_the_budget():
+    from planner.recover.train import lr_at
+
+    spec = RecoverySpec(lr=1e-3, warmup=0.1)
+    assert lr_at(0.05, spec) == pytest.approx(0.5e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 0.05))))
+    assert lr_at(0.1, spec) < 1e-3 and lr_at(0.1, spec) > lr_at(0.5, spec) > lr_at(1.0, spec)
+    assert lr_at(1.0, spec) == pytest.approx(1e-4)  # cosine ends at 10% of the peak
+    assert lr_at(0.0, RecoverySpec(lr=1e-3, warmup=0.0)) == pytest.approx(1e-3)
 
 
 # -- masks ----------------------------------------------------------------------------------------------------

@@ -32,6 +32,6 @@ class RecoverySpec(BaseModel):
     seed: int = 0
     text_files: list[str] = Field(default_factory=list)  # default: the bundled calibration text, never held-out
     # added by the recovery engine (all optional, defaults keep older plans valid)
-    warmup_steps: int = Field(10, ge=0)  # linear LR warm-up, then cosine decay to 10% over the budget
+    warmup: float = Field(0.05, ge=0, lt=1)  # linear LR warm-up over this share of the budget, then cosine to 10%
     max_grad_norm: float | None = Field(1.0, gt=0)
     micro_batch_size: int | None = Field(None, ge=1)  # split each batch (teacher logits too) to bound memory

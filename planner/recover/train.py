@@ -42,11 +42,12 @@ def train_only(model, params):
             p.requires_grad_(flag)
 
 
-def lr_at(step: int, fraction_used: float, spec) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to 10% following the share of the budget spent,
-    so the schedule ends where the binding budget (steps, tokens or minutes) ends."""
-    warm = min(1.0, (step + 1) / spec.warmup_steps) if spec.warmup_steps else 1.0
-    return spec.lr * warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * fraction_used)))
+def lr_at(fraction_done: float, spec) -> float:
+    """Linear warm-up over the first `spec.warmup` of the budget, then cosine decay to 10%. `fraction_done` is the
+    share of the binding budget (steps, tokens or minutes) spent once this step is done, so a run cut short by
+    the minutes guard still warms up and decays instead of spending its few steps at a warm-up rate."""
+    warm = min(1.0, fraction_done / spec.warmup) if spec.warmup else 1.0
+    return spec.lr * warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * fraction_done)))
 
 
 def batches(blocks, batch_size: int, seed: int):
@@ -96,8 +97,9 @@ def train(student, teacher, params, blocks, spec, *, keeper=None, progress: bool
                     log.stopped_by = reason
                     break
                 step_start = time.perf_counter()
+                done = budget.fraction_used(log.steps + 1, log.tokens + tokens_per_step, elapsed + (step_seconds or 0.0))
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(log.steps, budget.fraction_used(log.steps, log.tokens, elapsed), spec)
+                    group["lr"] = lr_at(done, spec)
                 batch = next(data)
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0

@@ -103,6 +103,7 @@ def _contribution_sq(x, consumer: UnitSlice, num_units: int):
 
 def activation(model, calib_ids, groups: dict, batch_size: int = 4, progress: bool | None = None) -> dict:
     import torch
+
     require_calibration(calib_ids, "activation")
     device = next(model.parameters()).device
     sums = {key: torch.zeros(g.num_units, dtype=torch.float64) for key, g in groups.items()}
@@ -128,6 +129,7 @@ def activation(model, calib_ids, groups: dict, batch_size: int = 4, progress: bo
 
 def taylor(model, calib_ids, groups: dict, batch_size: int = 4, progress: bool | None = None) -> dict:
     import torch
+
     require_calibration(calib_ids, "taylor")
     device = next(model.parameters()).device
     params = {}
