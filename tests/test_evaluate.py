@@ -69,6 +69,10 @@ def test_agreement_of_a_model_with_itself_and_with_a_damaged_copy(tok):
     with torch.no_grad():
         damaged.model.layers[0].mlp.down_proj.weight.mul_(0.0)
     other = slice_agreement(damaged, teacher, tok, prompts, traces, progress=False)
+    cache = {}
+    slice_agreement(teacher, teacher, tok, prompts, traces, progress=False, teacher_cache=cache)
+    assert len(cache) == 2
+    assert slice_agreement(damaged, teacher, tok, prompts, traces, progress=False, teacher_cache=cache) == other
     assert other["kl"] > 0 and 0 <= other["top1_agreement"] <= 1
     assert other["positions"] == 11 and other["gold_prompts"] == 1
     # exact match counts only gold prompts the teacher gets right: "x" is not what a random model says

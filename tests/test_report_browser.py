@@ -111,7 +111,7 @@ def report(tmp_path_factory) -> Path:
 
 
 @needs_chromium
-@pytest.mark.parametrize("width", [1280, 760])
+@pytest.mark.parametrize("width", [1280, 700])  # a desktop window; about an A4 page
 def test_report_renders_every_section_without_overflow(tmp_path, report, width):
     result = probe(tmp_path, report, width)
     assert result["overflow"] == [], f"elements wider than the {width}px page: {result['overflow']}"

@@ -9,7 +9,8 @@ examples:
   plan report results.json --profile profile.json --plan plan.json -o report.html
 
 profile.json and plan.json are picked up from the folder of results.json when not given (the profile also from
-the path plan.json records); a section whose document is missing says "not available". The page works offline (inline CSS and SVG charts, no script) and prints on A4.
+the path plan.json records); a section whose document is missing says "not available". The page works offline
+(inline CSS and SVG charts, no script) and prints on A4.
 """
 
 

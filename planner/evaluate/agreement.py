@@ -94,8 +94,11 @@ def _continuation_logits(model, ids: list[int], n_prompt: int):
 
 
 def slice_agreement(student, teacher, tokenizer, prompt_set: PromptSet, traces: list[dict[str, Any]],
-                    progress: bool = True) -> dict[str, Any]:
-    """Fields of results.SliceAgreement for `student` against `teacher` on `prompt_set`."""
+                    progress: bool = True, teacher_cache: dict | None = None) -> dict[str, Any]:
+    """Fields of results.SliceAgreement for `student` against `teacher` on `prompt_set`.
+
+    teacher_cache: a dict the caller keeps across students; the teacher's continuation logits are computed once
+    per prompt and reused from it."""
     from tqdm.auto import tqdm
 
     by_id = {t["id"]: t for t in traces}
@@ -115,7 +118,13 @@ def slice_agreement(student, teacher, tokenizer, prompt_set: PromptSet, traces: 
         ids = trace["prompt_ids"] + trace["continuation"]
         n = len(trace["prompt_ids"])
         if trace["continuation"]:
-            t_logits = _continuation_logits(teacher, ids, n)
+            key = (prompt_set.name, prompt.id)
+            if teacher_cache is not None and key in teacher_cache:
+                t_logits = teacher_cache[key].to(next(teacher.parameters()).device)
+            else:
+                t_logits = _continuation_logits(teacher, ids, n)
+                if teacher_cache is not None:
+                    teacher_cache[key] = t_logits.float().cpu()
             s_logits = t_logits if same else _continuation_logits(student, ids, n)
             k, a, p = position_agreement(t_logits, s_logits)
             kl_sum, agree, positions = kl_sum + k, agree + a, positions + p

@@ -35,9 +35,16 @@ def verdict_line(report: GateReport) -> str:
     n = len(report.rows)
     if not failed:
         return f"PASS: {n} of {n} checks passed"
-    several = len(report.variants) > 1
-    names = ", ".join(dict.fromkeys((f"{r.variant}: " if several else "") + r.check
-                                    + (f"[{r.slice}]" if r.slice and r.slice != "*" else "") for r in failed))
+    by_variant: dict[str, list[str]] = {}
+    for r in failed:
+        name = r.check + (f"[{r.slice}]" if r.slice and r.slice != "*" else "")
+        by_variant.setdefault(r.variant, [])
+        if name not in by_variant[r.variant]:
+            by_variant[r.variant].append(name)
+    if len(report.variants) > 1:
+        names = "; ".join(f"{variant}: {', '.join(checks)}" for variant, checks in by_variant.items())
+    else:
+        names = ", ".join(c for checks in by_variant.values() for c in checks)
     return f"FAIL: {len(failed)} of {n} checks failed ({names})"
 
 

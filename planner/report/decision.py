@@ -26,7 +26,22 @@ def _rule_texts(plan) -> dict[str, tuple[str, str]]:
             rules = load_rules().rules
     except (InputError, OSError, FileNotFoundError):
         pass
-    return {r.id: (r.statement, "; ".join(r.sources)) for r in rules}
+    from planner.decide.rules import fill
+
+    values = {**plan.facts, "gpu": plan.gpu, "goal": plan.goal.value}
+    texts = {}
+    for r in rules:
+        try:
+            statement = fill(r.statement, values)  # "decode is memory-bound on {gpu}" -> "... on a100-80gb-sxm"
+        except (ValueError, IndexError, KeyError):
+            statement = r.statement
+        texts[r.id] = (statement, "; ".join(r.sources))
+    return texts
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def plan_view(plan, results, problem: str | None = None) -> dict[str, Any]:
@@ -44,18 +59,20 @@ def plan_view(plan, results, problem: str | None = None) -> dict[str, Any]:
     candidates = [{
         "rank": c.rank, "name": c.name, "pruning": describe_prune(c.prune),
         "recovery": describe_recovery(c.recovery), "predicted_speedup": c.predicted_speedup,
-        "reasons": list(c.reasons) + [f"quality risk: {c.quality_risk}"], "rules": list(c.chosen_by),
+        "reasons": list(c.reasons) + ([] if any("quality risk" in r for r in c.reasons)
+                                      else [f"quality risk: {c.quality_risk}"]),
+        "rules": list(c.chosen_by),
     } for c in plan.candidates]
     fired = [{"id": rule_id, "text": texts.get(rule_id, ("(statement not available)", ""))[0],
               "source": texts.get(rule_id, ("", ""))[1]} for rule_id in plan.rules_fired]
     rejected = [{"name": r.label or r.name, "reasons": list(r.reasons), "rules": list(r.rules)}
                 for r in plan.rejected]
     levers = [f"{lever.lever}: {lever.description}" for lever in plan.verdict.levers]
-    summary = f"The plan's verdict (projected to {plan.gpu}): {plan.verdict.text}"
+    summary = f"The plan's verdict (projected to {plan.gpu}): {_sentence(plan.verdict.text)}"
     if plan.gpu != results.plan.gpu or plan.goal.value != results.plan.goal:
         summary += (f" Note: this plan is for {plan.goal.value} on {plan.gpu}, but the results are of a plan for "
                     f"{results.plan.goal} on {results.plan.gpu}.")
     if levers:
-        summary += " Other levers: " + "; ".join(levers) + "."
+        summary += " Other levers: " + _sentence("; ".join(levers))
     return {"available": True, "candidates": candidates, "summary": summary, "rules_fired": fired,
             "rejected": rejected, "reason": None}

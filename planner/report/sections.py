@@ -33,6 +33,8 @@ BETTER_WORD = {"ms": "faster", "tokens/s": "higher", "bytes": "smaller"}
 
 # -- formatting filters (also used by the template) --------------------------------------------------------------
 
+NBSP = "\u00a0"  # a number and its unit never wrap apart
+
 
 def fmt_num(value, digits: int = 2) -> str:
     if value is None:
@@ -61,22 +63,22 @@ def fmt_bytes(value) -> str:
         return "—"
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(value) >= size:
-            return f"{value / size:,.2f} {unit}"
-    return f"{value:,.0f} B"
+            return f"{value / size:,.2f}{NBSP}{unit}"
+    return f"{value:,.0f}{NBSP}B"
 
 
 def fmt_params(value) -> str:
     if value is None:
         return "—"
-    return f"{value / 1e9:.2f} B" if value >= 1e9 else f"{value / 1e6:.1f} M"
+    return f"{value / 1e9:.2f}{NBSP}B" if value >= 1e9 else f"{value / 1e6:.1f}{NBSP}M"
 
 
 def fmt_metric(value, unit: str) -> str:
     if unit == "ms":
-        return f"{fmt_ms(value)} ms"
+        return f"{fmt_ms(value)}{NBSP}ms"
     if unit == "bytes":
         return fmt_bytes(value)
-    return f"{fmt_num(value, 1)} {unit}"
+    return f"{fmt_num(value, 1)}{NBSP}{unit}"
 
 
 FILTERS = {"num": fmt_num, "ms": fmt_ms, "pct": fmt_pct, "x": fmt_x, "bytes": fmt_bytes, "params": fmt_params}

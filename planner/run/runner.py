@@ -174,6 +174,7 @@ class Runner:
         self._dense = None
         self._prompt_sets = None
         self._tokens: dict[str, list[int]] = {}
+        self._teacher_logits: dict = {}  # the teacher's logits along its continuations, shared by every student
 
     # -- shared inputs, loaded on first use (a resumed run may not need them) --
 
@@ -258,7 +259,7 @@ class Runner:
             user = self.ppl(model, "user")
             quality.update(user_text_ppl=user["ppl"], user_text_tokens=user["tokens"])
         quality["slices"] = {ps.name: slice_agreement(model, self.dense.model, self.tokenizer, ps, traces[ps.name],
-                                                      self.opt.progress)
+                                                      self.opt.progress, self._teacher_logits)
                              for ps in self.prompt_sets()}
         return Quality.model_validate(quality).model_dump(mode="json")
 
