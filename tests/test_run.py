@@ -202,7 +202,9 @@ def test_ctrl_c_after_pruning_then_resume_does_not_redo_pruning(setup, tmp_path,
         run_plan(plan_path, out_dir=out, **same)
     with pytest.raises(InputError, match="options changed.*requests"):
         run_plan(plan_path, out_dir=out, resume=True, **{**same, "requests": 5})
-    r = run_plan(plan_path, out_dir=out, resume=True, **same)
+    moved = tmp_path / "moved"  # stage outputs name files relative to the run folder: a moved run resumes too
+    out.rename(moved)
+    r = run_plan(plan_path, out_dir=moved, resume=True, **same)
     status = {s.name: s.status for s in r.stages}
     assert status["prune:1"] == status["teacher"] == status["quality:dense"] == "resumed"
     assert status["recover:1"] == status["latency"] == "done"

@@ -126,6 +126,13 @@ class RunFolder:
         self.root = root
         self.stages = root / "stages"
 
+    def relative(self, path: Path) -> str:
+        """Stage outputs name files relative to the run folder, so a moved folder still resumes."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    def path(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
     def marker(self, stage: str) -> Path:
         return self.stages / f"{stage.replace(':', '-')}.json"
 
@@ -288,7 +295,7 @@ class Runner:
         info = {"spec": cand.prune.model_dump(mode="json"), "params_before": result.params_before,
                 "params_after": result.params_after, "achieved_sparsity": result.achieved_sparsity,
                 "details": details, "seconds": result.seconds}
-        return {"checkpoint": str(out_dir), "pruning": info, "ppl_before": ppl_before,
+        return {"checkpoint": self.folder.relative(out_dir), "pruning": info, "ppl_before": ppl_before,
                 "size": _size(model, cand.prune, exported["file_bytes"], result.achieved_sparsity)}
 
     def load_checkpoint(self, folder: str | Path):
@@ -305,8 +312,9 @@ class Runner:
         spec = cand.recovery
         if spec.method == "none":
             return {"checkpoint": pruned["checkpoint"], "recovery": None, "size": pruned["size"]}
-        student = self.load_checkpoint(pruned["checkpoint"])
-        mask_file = Path(pruned["checkpoint"]) / "masks.safetensors"
+        folder = self.folder.path(pruned["checkpoint"])
+        student = self.load_checkpoint(folder)
+        mask_file = folder / "masks.safetensors"
         masks = load_masks(mask_file) if mask_file.is_file() else None
         result = recover(student, self.dense.model, self.tokenizer, spec, masks=masks, progress=self.opt.progress)
         out_dir = self.cand_dir(cand) / "model"
@@ -317,7 +325,7 @@ class Runner:
         info = {"spec": spec.model_dump(mode="json"), "steps": result.steps, "tokens": result.tokens,
                 "loss_curve": [{"step": int(s), "loss": float(v)} for s, v in result.loss_curve],
                 "ppl_before": pruned["ppl_before"], "seconds": result.seconds, "stopped_by": result.stopped_by}
-        return {"checkpoint": str(out_dir), "recovery": info,
+        return {"checkpoint": self.folder.relative(out_dir), "recovery": info,
                 "size": _size(student, cand.prune, exported["file_bytes"], pruned["size"]["achieved_sparsity"])}
 
     def run_latency(self, checkpoints: dict[str, str], measured_on: str) -> dict[str, Any]:
@@ -521,7 +529,7 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
         recovered = runner.stage(f"recover:{cand.rank}", lambda c=cand, p=pruned: runner.run_recover(c, p),
                                  next(n), total)
 
-        def quality(folder=recovered["checkpoint"]):
+        def quality(folder=runner.folder.path(recovered["checkpoint"])):
             model = runner.load_checkpoint(folder)
             return runner.run_quality(model, teacher)
 
@@ -529,7 +537,7 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
 
     names = _variant_names(cands)
     checkpoints = {"dense": str(source.path)}
-    checkpoints.update({names[c.rank]: rec["checkpoint"] for c, _, rec, _ in per_cand})
+    checkpoints.update({names[c.rank]: str(runner.folder.path(rec["checkpoint"])) for c, _, rec, _ in per_cand})
     latency = runner.stage("latency", lambda: runner.run_latency(checkpoints, devinfo.label), next(n), total)
 
     variants = [Variant(name="dense", role="dense", checkpoint=str(source.path), size=teacher_out["dense_size"],
@@ -540,7 +548,7 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
             rec = RecoveryInfo.model_validate({**rec, "ppl_after": quality["heldout_ppl"]})
         name = names[cand.rank]
         variants.append(Variant(name=name, role="pruned", candidate_rank=cand.rank,
-                                checkpoint=recovered["checkpoint"], size=recovered["size"],
+                                checkpoint=str(runner.folder.path(recovered["checkpoint"])), size=recovered["size"],
                                 pruning=pruned["pruning"], recovery=rec, quality=quality,
                                 latency=latency.get(name)))
     plan = runner.plan
