@@ -137,7 +137,8 @@ def _layerwise(model, adapter, criterion: str, sparsity: float, n: int, m: int, 
                 w.copy_(new)
             masks[name] = keep.t().contiguous() if adapter.conv1d else keep
         del stats
-        run_layer(layer, inputs, replace=True)  # the next layer sees this layer's pruned outputs
+        if i + 1 < len(layers):
+            run_layer(layer, inputs, replace=True)  # the next layer sees this layer's pruned outputs
         bar.update(1)
     bar.close()
     return masks

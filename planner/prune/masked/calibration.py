@@ -103,8 +103,9 @@ class InputStats:
     computing it once per distinct input instead of once per projection saves most of SparseGPT's statistics time.
     """
 
-    def __init__(self, modules: dict[str, Any], hessian: bool):
+    def __init__(self, modules: dict[str, Any], hessian: bool, stop_after: str | None = None):
         self.modules = modules
+        self.stop_after = stop_after  # a module whose output is not needed: stop the forward at its input
         self.want_hessian = hessian
         self.alias: dict[str, str] = {}  # name -> the name whose accumulator it shares
         self.tokens: dict[str, int] = {}
@@ -115,7 +116,7 @@ class InputStats:
 
     def __enter__(self):
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc):
@@ -125,7 +126,7 @@ class InputStats:
         self._first_chunk = None
 
     def _hook(self, name):
-        def hook(module, args, output):
+        def hook(module, args):
             x = args[0]
             if self._first_chunk is not None and name not in self.tokens and name not in self.alias:
                 same = [other for seen, other in self._first_chunk if seen is x]
@@ -133,9 +134,10 @@ class InputStats:
                     self.alias[name] = same[0]
                 else:
                     self._first_chunk.append((x, name))
-            if name in self.alias:
-                return
-            self._add(name, x.detach().reshape(-1, x.shape[-1]).float())
+            if name not in self.alias:
+                self._add(name, x.detach().reshape(-1, x.shape[-1]).float())
+            if name == self.stop_after:
+                raise _StopForward
 
         return hook
 
@@ -167,13 +169,19 @@ class InputStats:
 
 
 def collect_stats(layer, linears: dict[str, Any], inputs: LayerInputs, hessian: bool) -> InputStats:
-    """Run the (not yet pruned) layer on its inputs and gather its linears' input statistics."""
+    """Run the (not yet pruned) layer on its inputs and gather its linears' input statistics.
+
+    `linears` must be in forward order: the pass stops at the input of the last one (the MLP down projection),
+    since neither its output nor anything after it is needed for statistics."""
     import torch
 
-    stats = InputStats(linears, hessian)
+    stats = InputStats(linears, hessian, stop_after=list(linears)[-1])
     with stats, torch.no_grad():
         for i, hidden in enumerate(inputs.hidden):
-            layer(hidden, *inputs.extra_args[i], **inputs.extra_kwargs[i])
+            try:
+                layer(hidden, *inputs.extra_args[i], **inputs.extra_kwargs[i])
+            except _StopForward:
+                pass
             if i == 0:
                 stats.end_first_chunk()
     return stats

@@ -44,8 +44,10 @@ def prune_lowest(scores, counts):
             threshold = torch.where(rows_k, kth, threshold)
     below = scores < threshold
     ties = scores == threshold
-    tie_rank = ties.cumsum(dim=1)  # the first ties (lowest index) are pruned, as a stable sort would
     extra = counts - below.sum(dim=1, keepdim=True)
+    if torch.equal(ties.sum(dim=1, keepdim=True), extra):  # the usual case: no tie straddles the cut
+        return ~(below | ties)
+    tie_rank = ties.cumsum(dim=1)  # the first ties (lowest index) are pruned, as a stable sort would
     return ~(below | (ties & (tie_rank <= extra)))
 
 
