@@ -47,7 +47,7 @@ def apply_pruning(model, spec, calib_ids=None, **kwargs) -> PruneResult:
     criterion needs activations (wanda, sparsegpt, activation, taylor, block_influence, ablation)."""
     import time
 
-    if not _REGISTRY:
+    if spec.kind not in _REGISTRY:
         _load_engines()
     if spec.kind == "none":
         n = sum(p.numel() for p in model.parameters())
