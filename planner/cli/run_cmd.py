@@ -52,6 +52,8 @@ def register(sub) -> None:
     p.add_argument("--gen-len", type=int, default=None, help="override the plan's generation length for timing")
     p.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size for timing")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; the "
+                                                                 "results record it with the device)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -75,7 +77,7 @@ def run(args) -> int:
                          ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_tokens, requests=args.requests,
                          warmup=args.warmup, runtime=args.runtime, bench_dtype=args.bench_dtype,
                          prompt_len=args.prompt_len, gen_len=args.gen_len, batch_size=args.batch_size,
-                         device=args.device, measure_memory=not args.no_memory, report=not args.no_report,
+                         device=args.device, threads=args.threads, measure_memory=not args.no_memory, report=not args.no_report,
                          progress=not args.quiet)
     results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
                        resume=args.resume, options=options)

@@ -1,6 +1,6 @@
 """Recovery as a small versioned config, as it appears in plan.json.
 
-    {"method": "distill", "max_steps": 200, "max_minutes": 8, "lr": 1e-4, "temperature": 2.0}
+    {"method": "distill", "max_steps": 200, "max_minutes": 8, "lr": 3e-4, "temperature": 2.0}
 
 Methods (see planner/recover/README.md): `distill` trains the decoder blocks against the dense teacher (KD loss);
 `finetune` trains every remaining weight with `loss`; `lora` trains peft LoRA adapters with `loss`, then merges them.
@@ -24,9 +24,9 @@ class RecoverySpec(BaseModel):
     max_steps: int = Field(200, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     max_minutes: float | None = Field(8.0, gt=0)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(4, ge=1)
-    seq_len: int = Field(256, ge=8)
+    seq_len: int = Field(128, ge=8)
     lora_rank: int = Field(16, ge=1)
     lora_alpha: float = Field(32.0, gt=0)
     seed: int = 0

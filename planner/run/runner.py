@@ -59,14 +59,15 @@ class RunOptions:
     gen_len: int | None = None
     batch_size: int | None = None
     device: str | None = None  # default: cuda when available, else cpu
+    threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the device
     measure_memory: bool = True
     report: bool = True
     progress: bool = True
 
     def fingerprint(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("report")
-        data.pop("progress")
+        for name in ("report", "progress", "threads"):  # change how a run looks or how fast, not what it measures
+            data.pop(name)
         return data
 
 
@@ -396,6 +397,8 @@ def _options(options: RunOptions | None, kwargs: dict[str, Any]) -> RunOptions:
             raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(opt, name)}")
     if opt.warmup < 0:
         raise InputError(f"warmup must be >= 0, got {opt.warmup}")
+    if opt.threads is not None and opt.threads < 1:
+        raise InputError(f"threads must be >= 1, got {opt.threads}")
     for name in ("prompt_len", "gen_len", "batch_size"):
         value = getattr(opt, name)
         if value is not None and value < 1:
@@ -465,6 +468,10 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     if resume and not (root / "manifest.json").is_file():
         raise InputError(f"nothing to resume in {str(root)!r} (no manifest.json); run without --resume")
 
+    if opt.threads is not None:
+        import torch
+
+        torch.set_num_threads(opt.threads)  # on a shared CPU, fewer threads than cores avoids spin-wait contention
     device = pick_device(opt.device)
     runner = Runner(plan, plan_path, folder, cands, opt, {}, device)
     runner.prompt_sets()  # a bad prompt file fails now, before any work
