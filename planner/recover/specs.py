@@ -5,6 +5,10 @@
 Methods (see planner/recover/README.md): `distill` trains the decoder blocks against the dense teacher (KD loss);
 `finetune` trains every remaining weight with `loss`; `lora` trains peft LoRA adapters with `loss`, then merges them.
 The budget is whichever of max_steps / max_tokens / max_minutes runs out first.
+
+Defaults were chosen by measurement (SmolLM2-135M, 50% MLP channels removed, distill, 16 steps of 4 x 128 tokens on
+this project's 2-core CPU): lr 3e-4 closed more of the held-out perplexity gap than 1e-4 or 1e-3; blocks of 128
+tokens give twice the optimizer steps of 256 in the same minutes, and the minutes guard binds on a CPU.
 """
 
 from __future__ import annotations
