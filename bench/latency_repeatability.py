@@ -1,7 +1,7 @@
 """How repeatable is the latency benchmark? Dense against dense, in one run.
 
 Two separate copies of the same dense model are timed exactly as `plan run` times dense against pruned
-(planner.latency.benchmark: warm-up, then A B A B ...). Any difference between their percentiles is the benchmark's
+(planner.latency.benchmark: warm-up, then A B, B A, A B ...). Any difference between their percentiles is the benchmark's
 own noise; a measured speedup smaller than this noise means nothing. The target: p95 of A and B within 5%.
 
     python bench/latency_repeatability.py                       # embedded SmolLM2-135M, 128-token prompts, 32 new
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     print(f"measured on {label}; {loaded.source.name}; runtime {args.runtime}, {args.dtype}, "
           f"prompt {args.prompt_len}, gen {args.gen_len}, batch {args.batch_size}, "
-          f"{args.requests} timed + {args.warmup} warm-up requests per copy, interleaved A B; {wall:.0f} s")
+          f"{args.requests} timed + {args.warmup} warm-up requests per copy, interleaved A B / B A; {wall:.0f} s")
     print(f"{'metric':<12}{'A':>12}{'B':>12}{'B / A':>10}")
     rows = [("p50 ms", a.p50_ms, b.p50_ms), ("p95 ms", a.p95_ms, b.p95_ms), ("p99 ms", a.p99_ms, b.p99_ms),
             ("TTFT p50", a.ttft_p50_ms, b.ttft_p50_ms), ("TPOT p50", a.tpot_p50_ms, b.tpot_p50_ms),

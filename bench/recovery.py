@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=None, help="override the spec's minutes budget")
     p.add_argument("--ratio", type=float, default=0.5, help="MLP channels removed (default 0.5)")
     p.add_argument("--calib-samples", type=int, default=16, help="pruning calibration blocks of 512 tokens")
-    p.add_argument("--eval-tokens", type=int, default=16_384, help="held-out tokens for perplexity")
+    p.add_argument("--eval-tokens", type=int, default=8192, help="held-out tokens for perplexity (default 8192)")
     p.add_argument("--slices", default="code,instruction",
                    help="agreement slices, comma-separated, or 'none' (default code,instruction)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

@@ -4,8 +4,8 @@ Each request is one `generate` call of `batch_size` prompts of exactly `prompt_l
 `gen_len` tokens (greedy; min_new_tokens = max_new_tokens, so an early end-of-sequence cannot shorten a variant's
 work). A streamer timestamps every token as the runtime hands it back, so the time to first token is the prefill
 plus first-token step of the very request being timed, and the time per output token is the rest divided by
-gen_len - 1. After warm-up, the variants take turns (A B A B ...) so slow drift of the machine (thermal, other
-processes) lands on all of them alike. Percentiles are computed over the recorded samples (results.percentile).
+gen_len - 1. After warm-up, the variants take turns (A B, B A, A B ...) so slow drift of the machine (thermal,
+other processes) and the position within a round land on all of them alike. Percentiles are computed over the recorded samples (results.percentile).
 
 Runtimes: "hf-eager" (transformers generate), "hf-compile" (generate with a static cache and torch.compile'd
 forward), "vllm" (only where vLLM is installed and a CUDA GPU is present; otherwise skipped with a reason).
@@ -173,8 +173,10 @@ def benchmark(subjects: list[Subject], tokenizer, config: BenchConfig, measured_
             for s in subjects:
                 time_request(s.model, ids, config.gen_len)
                 bar.update(1)
-        for _ in range(config.requests):
-            for s in subjects:  # A B A B: drift of the machine lands on every variant alike
+        for i in range(config.requests):
+            # interleaved, and the order flips every round (A B, B A, ...): a slow drift of the machine and any
+            # advantage of going first or second land on every variant alike
+            for s in (subjects if i % 2 == 0 else subjects[::-1]):
                 e2e, ttft, tpot = time_request(s.model, ids, config.gen_len)
                 rec = samples[s.name]
                 rec["e2e"].append(e2e)
@@ -324,7 +326,7 @@ def benchmark_vllm(subjects: list[Subject], tokenizer, config: BenchConfig, meas
     samples = {s.name: [] for s in subjects}
     bar = _progress((config.warmup + config.requests) * len(subjects), "latency (vllm)", progress)
     for i in range(config.warmup + config.requests):
-        for s in subjects:
+        for s in (subjects if i % 2 == 0 else subjects[::-1]):
             start = time.perf_counter()
             outs = engines[s.name].generate(prompts, params, use_tqdm=False)
             e2e = (time.perf_counter() - start) * 1000

@@ -53,7 +53,7 @@ def test_variants_are_interleaved_and_samples_recorded(tok, monkeypatch):
     monkeypatch.setattr(lat, "time_request", fake)
     cfg = BenchConfig(prompt_len=8, gen_len=3, requests=3, warmup=1, measure_memory=False)
     out = benchmark([Subject("A", a), Subject("B", b)], tok, cfg, "CPU test", progress=False)
-    assert order == ["A", "B"] * 4  # one warm-up round, then three timed rounds, A B A B
+    assert order == ["A", "B", "A", "B", "B", "A", "A", "B"]  # warm-up round, then timed rounds A B, B A, A B
     assert out["A"]["samples_ms"] == [10.0] * 3 and out["B"]["ttft_samples_ms"] == [2.0] * 3
     assert Latency(**out["A"]).p95_ms == 10.0
 
