@@ -54,3 +54,82 @@ def export_model(model, tokenizer, folder: str | Path, metadata: dict[str, Any] 
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / METADATA_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# -- compressed sparse copy: what a checkpoint-size goal can actually ship ------------------------------------
+
+COMPRESSED_DIR = "compressed"
+COMPRESSED_FILE = "weights.bitmask.safetensors"
+
+
+def write_compressed(model, folder: str | Path) -> int:
+    """Write a lossless bitmask-compressed copy of `model`'s weights to `folder/compressed/`; return its bytes.
+
+    A dense safetensors file keeps every zero, so masked pruning (unstructured, N:M) does not shrink it. Here
+    each tensor that gets smaller this way is stored as a bit-packed non-zero mask (1 bit per weight) plus its
+    non-zero values in order; the others are stored as they are. `load_compressed` restores exact tensors. The
+    folder sits beside the standard checkpoint, which `from_pretrained` keeps loading unchanged."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder) / COMPRESSED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, Any] = {}
+    shapes: dict[str, list[int]] = {}
+    aliases: dict[str, str] = {}  # tied weights (LM head = embeddings) are stored once, as save_pretrained does
+    owners: dict[tuple, str] = {}
+    for name, value in model.state_dict().items():
+        key = (value.data_ptr(), tuple(value.shape), value.dtype)
+        if key in owners:
+            aliases[name] = owners[key]
+            continue
+        owners[key] = name
+        value = value.detach().to("cpu").contiguous()
+        nonzero = value != 0
+        kept = int(nonzero.sum())
+        dense_bytes = value.numel() * value.element_size()
+        packed_bytes = kept * value.element_size() + (value.numel() + 7) // 8
+        if value.dim() >= 2 and packed_bytes < dense_bytes:
+            tensors[f"{name}.bitmask"] = torch.from_numpy(np.packbits(nonzero.reshape(-1).numpy()))
+            tensors[f"{name}.values"] = value[nonzero].clone()
+            shapes[name] = list(value.shape)
+        else:
+            tensors[name] = value.clone()
+    path = folder / COMPRESSED_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "planner-bitmask-v1", "shapes": json.dumps(shapes),
+                                           "aliases": json.dumps(aliases)})
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_compressed(folder: str | Path) -> dict[str, Any]:
+    """The state dict stored by `write_compressed` under `folder` (the checkpoint folder), exact."""
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    path = Path(folder) / COMPRESSED_DIR / COMPRESSED_FILE
+    if not path.is_file():
+        raise InputError(f"no compressed weights at {str(path)!r}; only masked (unstructured, N:M) exports have them")
+    state: dict[str, Any] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "planner-bitmask-v1":
+            raise InputError(f"{str(path)!r} is not a planner bitmask file (format {meta.get('format')!r})")
+        shapes = json.loads(meta["shapes"])
+        for key in f.keys():
+            if key.endswith(".bitmask") or key.endswith(".values"):
+                continue
+            state[key] = f.get_tensor(key)
+        for name, shape in shapes.items():
+            values = f.get_tensor(f"{name}.values")
+            count = int(np.prod(shape))
+            bits = np.unpackbits(f.get_tensor(f"{name}.bitmask").numpy())[:count].astype(bool)
+            out = torch.zeros(count, dtype=values.dtype)
+            out[torch.from_numpy(bits)] = values
+            state[name] = out.reshape(shape)
+    for name, owner in json.loads(meta.get("aliases", "{}")).items():
+        state[name] = state[owner]
+    return state

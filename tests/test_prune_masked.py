@@ -284,6 +284,34 @@ def test_export_keeps_the_zeros_and_records_the_pattern(tmp_path):
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # llama: untied LM head; gpt2: tied, stored once
+def test_bitmask_copy_is_lossless_and_smaller_by_the_sparsity(family, tmp_path):
+    from planner.export import load_compressed, write_compressed
+
+    model = tiny_model(family)
+    result = apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion="magnitude"), example_ids(2, 8),
+                           progress=False)
+    nbytes = write_compressed(model, tmp_path)
+    state = load_compressed(tmp_path)
+    assert set(state) == set(model.state_dict())
+    for name, value in model.state_dict().items():
+        assert torch.equal(state[name], value), name
+    # every pruned linear keeps half its fp32 values plus one bit per weight; everything else as it is
+    pruned = sum(m.numel() for m in result.masks.values())
+    unique = {v.data_ptr(): v.numel() for v in model.state_dict().values()}
+    dense_bytes = 4 * sum(unique.values())
+    expected = dense_bytes - 4 * pruned + 4 * pruned * 0.5 + pruned / 8
+    assert nbytes == pytest.approx(expected, rel=0.02)  # + the safetensors header
+
+
+def test_loading_a_missing_bitmask_copy_is_an_input_error(tmp_path):
+    from planner.errors import InputError
+    from planner.export import load_compressed
+
+    with pytest.raises(InputError, match="no compressed weights"):
+        load_compressed(tmp_path)
+
+
 def test_calibration_from_a_tokenizer_when_no_ids_are_given():
     from planner.prune.specs import CalibrationSpec
 

@@ -79,6 +79,9 @@ def test_full_run_writes_dense_and_pruned_quality_and_latency(full_run):
     assert mlp.size.shape["intermediate_size"] == 64 and dense.size.shape["intermediate_size"] == 128
     assert mlp.size.parameters < dense.size.parameters and nm.size.parameters == dense.size.parameters
     assert nm.size.pattern == "2:4" and nm.size.achieved_sparsity == pytest.approx(0.5)
+    # the dense safetensors file keeps every zero; only the bitmask copy shrinks, and only for masked kinds
+    assert nm.size.compressed_file_bytes < nm.size.file_bytes and mlp.size.compressed_file_bytes is None
+    assert nm.size.checkpoint_bytes == nm.size.compressed_file_bytes
     assert mlp.recovery.steps == 2 and len(mlp.recovery.loss_curve) == 2
     assert mlp.recovery.ppl_after == mlp.quality.heldout_ppl and mlp.recovery.ppl_before > 1
     assert [s.variant for s in r.speedups] == ["mlp-50", "nm-2-4"]
@@ -108,6 +111,11 @@ def test_exported_checkpoints_reload_with_their_shapes_and_masks(full_run):
     w = nm.model.layers[1].mlp.down_proj.weight
     zeros = (w.reshape(w.shape[0], -1, 4) == 0).sum(-1)
     assert bool((zeros >= 2).all())  # recovery kept the 2:4 masks the pruning stage saved
+    from planner.export import load_compressed
+
+    state = load_compressed(r.variant("nm-2-4").checkpoint)
+    for name, value in nm.state_dict().items():
+        assert torch.equal(state[name], value), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["candidates"] == [1, 2] and manifest["kind"] == "planner.run"
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]

@@ -151,9 +151,11 @@ def check_variant(results, variant, policy: GatePolicy) -> list[GateRow]:
                          policy.max_peak_memory_gb, peak / 1e9 if peak is not None else None, unit="GB",
                          source=measured_on))
     if policy.max_checkpoint_gb is not None:
-        size = variant.size.file_bytes
+        size = variant.size.checkpoint_bytes
+        source = ("bitmask-compressed safetensors" if variant.size.compressed_file_bytes is not None
+                  else "safetensors files")
         rows.append(_row("max_checkpoint_gb", name, "checkpoint size on disk", "<=", policy.max_checkpoint_gb,
-                         size / 1e9 if size is not None else None, unit="GB", source="safetensors files"))
+                         size / 1e9 if size is not None else None, unit="GB", source=source))
     if policy.require_device is not None:
         ok = device.kind == policy.require_device
         rows.append(GateRow(check="require_device", variant=name, subject="device the figures were measured on",

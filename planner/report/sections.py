@@ -171,7 +171,7 @@ def variant_rows(results) -> list[dict[str, Any]]:
         sp = speedups.get(v.name)
         goal_value = None
         if metric == "file_bytes":
-            goal_value = v.size.file_bytes
+            goal_value = v.size.checkpoint_bytes
         elif metric and lat is not None:
             goal_value = getattr(lat, metric)
         rows.append({
@@ -183,6 +183,7 @@ def variant_rows(results) -> list[dict[str, Any]]:
             "parameters": v.size.parameters,
             "nonzero_parameters": v.size.nonzero_parameters,
             "file_bytes": v.size.file_bytes,
+            "compressed_file_bytes": v.size.compressed_file_bytes,
             "sparsity": v.size.achieved_sparsity,
             "pattern": v.size.pattern,
             "shape": v.size.shape,

@@ -273,7 +273,7 @@ class Runner:
 
     def run_prune(self, cand) -> dict[str, Any]:
         from planner.data import calibration_text, read_text_files, token_blocks
-        from planner.export import export_model
+        from planner.export import export_model, write_compressed
         from planner.prune import apply_pruning
         from planner.prune.specs import MASKED_KINDS
         from planner.run.masks import save_masks
@@ -291,13 +291,15 @@ class Runner:
         meta = {"planner_stage": "prune", "prune": cand.prune.model_dump(mode="json"),
                 "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
         exported = export_model(model, self.tokenizer, out_dir, meta, overwrite=True)
+        compressed = None
         if cand.prune.kind in MASKED_KINDS and result.masks:
             save_masks(result.masks, out_dir / "masks.safetensors")
+            compressed = write_compressed(model, out_dir)
         info = {"spec": cand.prune.model_dump(mode="json"), "params_before": result.params_before,
                 "params_after": result.params_after, "achieved_sparsity": result.achieved_sparsity,
                 "details": details, "seconds": result.seconds}
         return {"checkpoint": self.folder.relative(out_dir), "pruning": info, "ppl_before": ppl_before,
-                "size": _size(model, cand.prune, exported["file_bytes"], result.achieved_sparsity)}
+                "size": _size(model, cand.prune, exported["file_bytes"], result.achieved_sparsity, compressed)}
 
     def load_checkpoint(self, folder: str | Path):
         import torch
@@ -306,7 +308,7 @@ class Runner:
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval().to(self.device)
 
     def run_recover(self, cand, pruned: dict[str, Any]) -> dict[str, Any]:
-        from planner.export import export_model
+        from planner.export import export_model, write_compressed
         from planner.recover import recover
         from planner.run.masks import load_masks
 
@@ -323,11 +325,13 @@ class Runner:
                 "recovery": spec.model_dump(mode="json"), "candidate": cand.name,
                 "achieved_sparsity": pruned["size"]["achieved_sparsity"]}
         exported = export_model(student, self.tokenizer, out_dir, meta, overwrite=True)
+        compressed = write_compressed(student, out_dir) if masks else None
         info = {"spec": spec.model_dump(mode="json"), "steps": result.steps, "tokens": result.tokens,
                 "loss_curve": [{"step": int(s), "loss": float(v)} for s, v in result.loss_curve],
                 "ppl_before": pruned["ppl_before"], "seconds": result.seconds, "stopped_by": result.stopped_by}
         return {"checkpoint": self.folder.relative(out_dir), "recovery": info,
-                "size": _size(student, cand.prune, exported["file_bytes"], pruned["size"]["achieved_sparsity"])}
+                "size": _size(student, cand.prune, exported["file_bytes"], pruned["size"]["achieved_sparsity"],
+                              compressed)}
 
     def run_latency(self, checkpoints: dict[str, str], measured_on: str) -> dict[str, Any]:
         import torch
@@ -354,7 +358,8 @@ class Runner:
         return benchmark(subjects, self.tokenizer, config, measured_on, self.opt.progress)
 
 
-def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None) -> dict[str, Any]:
+def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None,
+          compressed_file_bytes: int | None = None) -> dict[str, Any]:
     from planner.arch import get_adapter
 
     seen: set[int] = set()
@@ -369,6 +374,7 @@ def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None) 
     pattern = "dense" if spec is None or spec.kind == "none" else (
         f"{spec.n}:{spec.m}" if spec.kind == "nm" else spec.kind)
     return Size(parameters=params, nonzero_parameters=nonzero, file_bytes=file_bytes,
+                compressed_file_bytes=compressed_file_bytes,
                 achieved_sparsity=achieved_sparsity, pattern=pattern,
                 shape={"num_layers": shape.num_layers, "intermediate_size": shape.intermediate_size,
                        "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads}).model_dump(mode="json")
