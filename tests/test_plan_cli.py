@@ -14,7 +14,8 @@ from planner.decide.plan import load_plan, parse_plan
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("ckpt"), "llama")
+    # room for the default workload (512 + 128 tokens)
+    return save_tiny(tmp_path_factory.mktemp("ckpt"), "llama", max_position_embeddings=1024)
 
 
 @pytest.fixture()

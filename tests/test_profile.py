@@ -7,6 +7,7 @@ import types
 import pytest
 
 from planner.cli import main
+from planner.errors import InputError
 from planner.profile import FACT_NAMES, load_or_run_profile, read_profile, run_profile
 from planner.profile.nvml import match_catalog, query_nvml
 from planner.profile.schema import Profile
@@ -45,7 +46,7 @@ def profile(tiny_folder, cache_root):
 @pytest.fixture
 def config_only(tmp_path):
     folder = tmp_path / "llama-config-only"
-    tiny_config("llama").save_pretrained(folder)
+    tiny_config("llama", max_position_embeddings=1024).save_pretrained(folder)  # holds the default workload
     return folder
 
 
@@ -282,8 +283,17 @@ def test_importing_the_profiler_touches_no_torch_or_nvml():
     assert result.stdout.strip() == "[]"
 
 
-def test_prompt_longer_than_the_model_is_measured_at_its_limit(tiny_folder):
-    p = run_profile(str(tiny_folder), "a100", Workload(prompt_len=300, gen_len=4), decode_steps=2, repeats=1)
+def test_prompt_with_no_room_for_the_measured_decode_steps_is_measured_at_its_limit(tiny_folder):
+    p = run_profile(str(tiny_folder), "a100", Workload(prompt_len=254, gen_len=2), decode_steps=2, repeats=1)
     assert p.measured.prefill.new_tokens == 256 - 2 - 2  # 256 positions, 2 warm-up + 2 timed decode steps
     assert any("prompt measured at 252 tokens" in note for note in p.measured.notes)
-    assert p.projected.workload.prompt_len == 300
+    assert p.projected.workload.prompt_len == 254
+
+
+def test_workload_longer_than_the_model_is_bad_input(tiny_folder, tmp_path, capsys):
+    with pytest.raises(InputError, match="prompt_len 300 \\+ gen_len 4 exceeds the model's 256 positions"):
+        run_profile(str(tiny_folder), "a100", Workload(prompt_len=300, gen_len=4), measure=False)
+    assert main(["--goal", "p95-latency", "--gpu", "a100", "--model", str(tiny_folder), "--no-measure",
+                 "--prompt-len", "300", "--gen-len", "4", "-o", str(tmp_path / "plan.json")]) == 2
+    assert not (tmp_path / "plan.json").exists()
+    assert "at most 256 tokens" in capsys.readouterr().err

@@ -62,10 +62,10 @@ def tiny_tokenizer():
     return fast
 
 
-def save_tiny(tmp_path, family: str = "llama", seed: int = 0):
+def save_tiny(tmp_path, family: str = "llama", seed: int = 0, **overrides):
     """Save a tiny model plus tokenizer as a checkpoint folder; return its path."""
     folder = tmp_path / f"tiny-{family}"
-    model = tiny_model(family, seed)
+    model = tiny_model(family, seed, **overrides)
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder

@@ -162,6 +162,10 @@ def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, t
     gpu = _gpu_spec(gpu)
     config, source = load_config(model_spec, trust_remote_code)
     shape = get_adapter(config).shape(config)
+    if shape.max_positions and workload.prompt_len + workload.gen_len > shape.max_positions:
+        raise InputError(f"workload prompt_len {workload.prompt_len} + gen_len {workload.gen_len} exceeds the "
+                         f"model's {shape.max_positions} positions (max_position_embeddings); choose a workload "
+                         f"of at most {shape.max_positions} tokens")
     roles = parameters_by_role(build_meta_model(config))
     device = pick_device(device)
     local = describe_local_device(device)
