@@ -333,6 +333,11 @@ class Runner:
                 "size": _size(student, cand.prune, exported["file_bytes"], pruned["size"]["achieved_sparsity"],
                               compressed)}
 
+    def bench_lengths(self) -> tuple[int, int]:
+        """Prompt and generation lengths the latency stage times: the plan's workload unless overridden."""
+        workload = self.plan.workload
+        return self.opt.prompt_len or workload.prompt_len, self.opt.gen_len or workload.gen_len
+
     def run_latency(self, checkpoints: dict[str, str], measured_on: str) -> dict[str, Any]:
         import torch
         from transformers import AutoModelForCausalLM
@@ -343,8 +348,8 @@ class Runner:
         workload = self.plan.workload
         dtype = self.opt.bench_dtype or ("fp32" if self.device == "cpu" else
                                          (workload.dtype if workload.dtype in BENCH_DTYPES else "bf16"))
-        config = BenchConfig(prompt_len=self.opt.prompt_len or workload.prompt_len,
-                             gen_len=self.opt.gen_len or workload.gen_len,
+        prompt_len, gen_len = self.bench_lengths()
+        config = BenchConfig(prompt_len=prompt_len, gen_len=gen_len,
                              batch_size=self.opt.batch_size or workload.batch_size, requests=self.opt.requests,
                              warmup=self.opt.warmup, runtime=self.opt.runtime, dtype=dtype, device=self.device,
                              measure_memory=self.opt.measure_memory)
@@ -484,6 +489,7 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     source = resolve_source(plan.model or None)
     if not source.has_weights:
         raise InputError(f"the plan's model {plan.model!r} has no weights (config only); `plan run` needs weights")
+    _check_positions(runner, source)
     _say(f"hashing inputs (model at {source.path})", opt.progress)
     hashes = _input_hashes(plan_sha, model_hash(source.path), opt)
     devinfo = device_info(device)
@@ -519,6 +525,19 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     if opt.report:
         _write_report(results, root / "report.html", plan, opt.progress)
     return results
+
+
+def _check_positions(runner: Runner, source) -> None:
+    """The latency stage comes last: a workload the model cannot hold fails before any work, not after it."""
+    from planner.arch import get_adapter
+    from planner.models import _config_from
+
+    config = _config_from(source, False)
+    limit = get_adapter(config).shape(config).max_positions
+    prompt_len, gen_len = runner.bench_lengths()
+    if limit and prompt_len + gen_len > limit:
+        raise InputError(f"latency workload prompt_len {prompt_len} + gen_len {gen_len} exceeds the model's {limit} "
+                         "positions (max_position_embeddings); pass a shorter --prompt-len / --gen-len")
 
 
 def _run_stages(runner: Runner, source, devinfo) -> Results:
