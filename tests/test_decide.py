@@ -23,6 +23,8 @@ LLAMA2_7B = ModelShape(family="llama", model_type="llama", num_layers=32, hidden
                        tied_embeddings=False, max_positions=4096)
 LLAMA3_8B = LLAMA2_7B.model_copy(update={"intermediate_size": 14336, "num_kv_heads": 8, "vocab_size": 128256,
                                          "max_positions": 8192})
+LLAMA2_70B = LLAMA2_7B.model_copy(update={"num_layers": 80, "hidden_size": 8192, "intermediate_size": 28672,
+                                          "num_heads": 64, "num_kv_heads": 8})
 GPT2 = ModelShape(family="gpt2", model_type="gpt2", num_layers=12, hidden_size=768, intermediate_size=3072,
                   num_heads=12, num_kv_heads=12, head_dim=64, vocab_size=50257, gated_mlp=False, tied_embeddings=True,
                   max_positions=1024, attention_bias=True, mlp_bias=True)
@@ -46,6 +48,7 @@ def roofline_facts(shape, workload, gpu) -> dict:
         "decode_ms_per_token_projected": est.decode_ms_per_token, "request_ms_projected": est.request_ms,
         "non_model_share": non_model / (non_model + est.request_ms), "measured": False,
         "gqa": shape.num_kv_heads < shape.num_heads, "num_layers": float(shape.num_layers),
+        "fits_on_gpu": est.weight_bytes + est.kv_cache_bytes + est.activation_bytes <= gpu.memory_bytes,
     }
 
 
@@ -134,6 +137,14 @@ SCENARIOS = [
     Scenario("KV capacity: KV-cache levers", "kv-capacity", "a100", rule="kv-cache-levers"),
     Scenario("ReLU MLP at batch-1 decode: dynamic sparsity", "tpot", "a100", shape=GPT2,
              rule="dynamic-sparsity-for-relu-decode"),
+    # -- the model does not fit on one GPU -----------------------------------------------------------------------
+    Scenario("70B in bf16 does not fit one H100: shard or quantize", "p95-latency", "h100", shape=LLAMA2_70B,
+             rule="model-does-not-fit", kept=("mlp_channels", "projection-assumes-a-fit")),
+    Scenario("a memory goal is met only by a fit: 70B on a 40 GB A100", "peak-memory", "a100-40gb",
+             shape=LLAMA2_70B, verdict="dont_prune", rule="memory-goal-needs-a-fit",
+             rejected=("mlp_channels", "memory-goal-needs-a-fit"), reason="does not fit after pruning"),
+    Scenario("a memory goal a pruned 8B meets on a 16 GB GPU", "peak-memory", "t4", shape=LLAMA3_8B,
+             budget=0.45, top_kind="layers", rule="model-does-not-fit"),
 ]
 
 

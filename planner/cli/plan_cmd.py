@@ -217,6 +217,18 @@ def _why(candidate) -> str:
     return (notes or candidate.reasons)[0]
 
 
+def _memory_line(plan) -> str | None:
+    """Whether the dense model fits on one target GPU, from the plan's projected facts."""
+    f = plan.facts
+    weights, kv, capacity, fits = f.get("weights_gb"), f.get("kv_cache_gb"), f.get("gpu_memory_gb"), f.get("fits_on_gpu")
+    if weights is None or kv is None or not capacity or fits is None:
+        return None
+    verdict = (f"fits with {f['memory_headroom_frac']:.0%} headroom" if fits and f.get("memory_headroom_frac") is not None
+               else "fits" if fits else "does NOT fit on one GPU: shard, quantize or choose a larger GPU")
+    return (f"memory: weights {weights:,.2f} GB + KV cache {kv:,.2f} GB at {plan.workload.dtype} on {capacity:g} GB "
+            f"(projected to {plan.gpu}): {verdict}")
+
+
 def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) -> None:
     from rich.table import Table
 
@@ -238,6 +250,9 @@ def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) 
         con.print(f"  profile: {escape(plan.profile['measured'])}")
     con.print(f"  dense {metric}: {format_metric(metric, plan.dense_goal)} [dim](projected to {escape(plan.gpu)}, "
               "roofline lower bound)[/]")
+    memory = _memory_line(plan)
+    if memory:
+        con.print(f"  {escape(memory)}")
 
     if plan.candidates:
         table = Table(title=f"ranked candidates — {metric} and speedup projected to {plan.gpu} by the roofline "

@@ -89,8 +89,14 @@ def _values(facts: dict[str, Any], gpu, goal: Goal, metric: str, budget) -> dict
         "budget_pct": f"{budget.max_ppl_increase:.0%}", "batch_size": facts.get("batch_size"),
         "non_model_share_pct": None if share is None else f"{share:.0%}",
         "num_kv_heads": facts.get("num_kv_heads"),
+        "memory_gb": _gb(facts.get("weights_gb"), facts.get("kv_cache_gb")),
+        "gpu_memory_gb": None if facts.get("gpu_memory_gb") is None else f"{facts['gpu_memory_gb']:g}",
         "group_size": (facts["num_heads"] // facts["num_kv_heads"]) if facts.get("num_kv_heads") else None,
     }
+
+
+def _gb(*parts) -> str | None:
+    return None if any(p is None for p in parts) else f"{sum(parts):,.1f}"
 
 
 def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any]:
@@ -107,6 +113,9 @@ def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any
         predicted_speedup=pred.speedup,
         predicted_gain=pred.gain,
     )
+    peak, capacity = pred.figures.get("peak_memory_bytes"), facts.get("gpu_memory_gb")
+    out["predicted_memory_gb"] = None if peak is None else peak / 1e9
+    out["predicted_fits"] = None if peak is None or not capacity else peak / 1e9 <= capacity
     return out
 
 
@@ -135,7 +144,9 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
     for draft in drafts:
         pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator)
         label = candidate_label(draft.prune, draft.recovery, shape)
+        peak = pred.figures.get("peak_memory_bytes")
         cvalues = dict(values, plan=label, kind=draft.prune.kind, ratio_pct=f"{pred.ratio:.0%}",
+                       predicted_memory_gb="?" if peak is None else f"{peak / 1e9:,.1f}",
                        speedup="?" if pred.speedup is None else f"{pred.speedup:.2f}x",
                        gain_pct="?" if pred.gain is None else f"{pred.gain:.0%}")
         outcome = fire_candidate(ruleset, _candidate_facts(facts, draft, pred), cvalues)

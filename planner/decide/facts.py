@@ -116,6 +116,10 @@ _FACT_LIST = [
        "goal metric, dense / pruned (x times better), projected to the target GPU", (), "candidate"),
     _f("predicted_gain", "number", "candidate", "1 - 1/predicted_speedup: the share of the goal metric saved",
        (), "candidate"),
+    _f("predicted_memory_gb", "number", "candidate",
+       "weights + KV cache + activations of the pruned model on the target GPU, GB (projected)", (), "candidate"),
+    _f("predicted_fits", "bool", "candidate", "the pruned model's predicted memory fits in the target GPU's memory",
+       (), "candidate"),
 ]
 
 FACTS: dict[str, Fact] = {f.name: f for f in _FACT_LIST}

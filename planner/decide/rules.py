@@ -62,12 +62,15 @@ LEVERS: dict[str, str] = {
     "serving-path": "fix the serving path (queueing, tokenization, network), where the time actually goes",
     "dynamic-sparsity": "dynamic (contextual) sparsity: skip the MLP neurons and heads a cheap predictor marks "
                         "inactive for each token; needs its own kernels, pays off in small-batch decode",
+    "model-parallelism": "shard the model over several GPUs (tensor or pipeline parallelism) or choose a GPU with "
+                         "more memory",
 }
 Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
 
 # placeholders a reject/note/statement/rationale text may use; filled by the engine for each candidate
 PLACEHOLDERS = ("gpu", "gpu_name", "goal", "dtype", "metric", "speedup", "gain_pct", "plan", "kind", "ratio_pct",
-                "tier", "budget_pct", "non_model_share_pct", "batch_size", "group_size", "num_kv_heads")
+                "tier", "budget_pct", "non_model_share_pct", "batch_size", "group_size", "num_kv_heads",
+                "memory_gb", "gpu_memory_gb", "predicted_memory_gb")
 
 RATIO_FIELD = {"unstructured": "sparsity", "mlp_channels": "ratio", "heads": "ratio", "layers": "num_layers"}
 
