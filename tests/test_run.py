@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from planner.cli import main
-from planner.decide.plan import Candidate, Plan, Verdict, save_plan
+from planner.decide.plan import Candidate, Plan, Verdict, load_plan, save_plan
 from planner.errors import InputError
 from planner.prune.specs import CalibrationSpec, MlpChannelPruning, SemiStructuredPruning
 from planner.recover.specs import RecoverySpec
@@ -222,3 +222,22 @@ def test_ctrl_c_after_pruning_then_resume_does_not_redo_pruning(setup, tmp_path,
     mlp = r.variant("mlp-50")
     assert mlp.size.shape["intermediate_size"] == 64 and mlp.pruning.seconds > 0  # from the first run's output
     assert mlp.recovery.stopped_by == "max_minutes"  # the plan's (long) recovery ran on resume, to its time budget
+
+
+def test_the_run_folder_keeps_the_profile_the_plan_was_decided_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    model = save_tiny(tmp_path, "qwen2")
+    plan_path = tmp_path / "plan.json"
+    assert main(["--goal", "p95-latency", "--gpu", "cpu", "--model", str(model), "--prompt-len", "16",
+                 "--gen-len", "4", "--max-ppl-increase", "5", "-o", str(plan_path)]) == 0
+    recorded = Path(load_plan(plan_path).profile["path"])
+    assert recorded.is_file() and recorded.is_relative_to(tmp_path / "cache")
+    out = tmp_path / "run"
+    assert main(["run", str(plan_path), "--out", str(out), "--slices", "none", "--ppl-seq-len", "64",
+                 "--ppl-tokens", "512", "--requests", "2", "--warmup", "1", "--no-memory", "--quiet"]) == 0
+    assert (out / "profile.json").read_text() == recorded.read_text()
+    recorded.unlink()  # the cache may be cleared; the run folder's report still has the profile
+    capsys.readouterr()
+    assert main(["report", str(out / "results.json"), "-o", str(tmp_path / "again.html")]) == 0
+    html = (tmp_path / "again.html").read_text()
+    assert "profile.json was not found" not in html and "Kernel-category breakdown" in html

@@ -159,6 +159,8 @@ def _estimator(profile):
 def _profile_info(profile) -> dict:
     info = {"projected": profile.projected.label, "created_at": profile.created_at,
             "local_device": profile.local.label, "model_parameters": profile.model.parameters}
+    if profile._cache_path:
+        info["path"] = profile._cache_path  # `plan run` copies it into the run folder for the report
     if profile.measured is not None:
         info["measured"] = profile.measured.label
     elif profile.measured_note:

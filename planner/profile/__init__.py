@@ -277,12 +277,15 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
     path = profiles_cache_dir() / f"{key}.json"
     if not refresh and path.is_file():
         try:
-            return Profile.model_validate_json(path.read_text())
+            profile = Profile.model_validate_json(path.read_text())
+            profile._cache_path = str(path)
+            return profile
         except (OSError, ValueError, ValidationError):
             pass  # unreadable or from an incompatible build: profile again
     profile = run_profile(model_spec, gpu, workload, measure=measure, decode_steps=decode_steps, repeats=repeats,
                           trust_remote_code=trust_remote_code, device=device, threads=threads, on_step=on_step)
     save_profile(profile, path)
+    profile._cache_path = str(path)
     return profile
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from typing import Literal
 
-from pydantic import Field, computed_field
+from pydantic import Field, PrivateAttr, computed_field
 
 from planner.arch import ModelShape
 from planner.profile._doc import Doc
@@ -195,6 +195,9 @@ class MemoryFacts(Doc):
 
 
 class Profile(Doc):
+    # where load_or_run_profile keeps this profile (not part of the document)
+    _cache_path: str | None = PrivateAttr(default=None)
+
     version: Literal[1] = PROFILE_VERSION
     document: Literal["planner-profile"] = "planner-profile"
     planner_version: str

@@ -505,6 +505,7 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
         folder.clean_partial()
     else:
         write_atomic(root / "plan.json", plan_path.read_text(encoding="utf-8"))
+        _copy_profile(plan, root)
         write_atomic(root / "manifest.json", json.dumps(manifest, indent=2))
 
     runner.manifest = manifest
@@ -525,6 +526,14 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     if opt.report:
         _write_report(results, root / "report.html", plan, opt.progress)
     return results
+
+
+def _copy_profile(plan, root: Path) -> None:
+    """The dense profile the plan was decided on, beside results.json, so the run folder (and its report) stays
+    whole when the profile cache is cleared. A plan without one (or whose cached file is gone) is not an error."""
+    recorded = (plan.profile or {}).get("path")
+    if recorded and Path(recorded).is_file():
+        write_atomic(root / "profile.json", Path(recorded).read_text(encoding="utf-8"))
 
 
 def _check_positions(runner: Runner, source) -> None:
