@@ -7,6 +7,7 @@ own noise; a measured speedup smaller than this noise means nothing. The target:
     python bench/latency_repeatability.py                       # embedded SmolLM2-135M, 128-token prompts, 32 new
     python bench/latency_repeatability.py --prompt-len 512 --gen-len 128 --requests 20
     python bench/latency_repeatability.py --model ./ckpt --device cuda --dtype bf16
+    python bench/latency_repeatability.py --threads 1             # on a small shared CPU: fewer stalls, tighter tails
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--device", default=None)
     p.add_argument("--runtime", default="hf-eager")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads, as `plan run --threads` (default: torch's choice, one per core)")
     p.add_argument("--tolerance", type=float, default=0.05, help="allowed relative p95 difference (0.05 = 5%%)")
     args = p.parse_args(argv)
 
@@ -38,6 +41,10 @@ def main(argv=None) -> int:
     from planner.run.provenance import device_info
     from planner.run.results import Latency
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     loaded = load_model(args.model, dtype=args.dtype, device=device)
     twin = copy.deepcopy(loaded.model)  # separate weights: nothing shared between A and B but the code
