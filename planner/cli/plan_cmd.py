@@ -222,11 +222,12 @@ def _why(candidate) -> str:
 def _memory_line(plan) -> str | None:
     """Whether the dense model fits on one target GPU, from the plan's projected facts."""
     f = plan.facts
-    weights, kv, capacity, fits = f.get("weights_gb"), f.get("kv_cache_gb"), f.get("gpu_memory_gb"), f.get("fits_on_gpu")
+    weights, kv, capacity, fits = (f.get(k) for k in ("weights_gb", "kv_cache_gb", "gpu_memory_gb", "fits_on_gpu"))
     if weights is None or kv is None or not capacity or fits is None:
         return None
-    verdict = (f"fits with {f['memory_headroom_frac']:.0%} headroom" if fits and f.get("memory_headroom_frac") is not None
-               else "fits" if fits else "does NOT fit on one GPU: shard, quantize or choose a larger GPU")
+    headroom = f.get("memory_headroom_frac")
+    verdict = ("does NOT fit on one GPU: shard, quantize or choose a larger GPU" if not fits
+               else f"fits with {headroom:.0%} headroom" if headroom is not None else "fits")
     return (f"memory: weights {weights:,.2f} GB + KV cache {kv:,.2f} GB at {plan.workload.dtype} on {capacity:g} GB "
             f"(projected to {plan.gpu}): {verdict}")
 

@@ -169,11 +169,7 @@ def variant_rows(results) -> list[dict[str, Any]]:
         if q is not None and dense is not None and dense.quality is not None:
             ppl_delta = q.heldout_ppl / dense.quality.heldout_ppl - 1.0
         sp = speedups.get(v.name)
-        goal_value = None
-        if metric == "file_bytes":
-            goal_value = v.size.checkpoint_bytes
-        elif metric and lat is not None:
-            goal_value = getattr(lat, metric)
+        goal_value = v.goal_value(metric) if metric else None
         rows.append({
             "name": v.name,
             "dense": v.role == "dense",

@@ -318,6 +318,12 @@ class Variant(_Doc):
     quality: Quality | None = None
     latency: Latency | None = None
 
+    def goal_value(self, metric: str) -> float | None:
+        """The measured figure a goal is judged on (GOAL_METRICS), None where it was not measured."""
+        if metric == "file_bytes":
+            return self.size.checkpoint_bytes
+        return getattr(self.latency, metric) if self.latency is not None else None
+
 
 class StageTiming(_Doc):
     name: str  # "load", "prune:candidate-1", "latency", ...
@@ -371,13 +377,13 @@ class Results(_Doc):
         if goal not in GOAL_METRICS or self.dense is None:
             return []
         metric, lower_better = GOAL_METRICS[goal]
-        dense_value = _metric(self.dense, metric)
+        dense_value = self.dense.goal_value(metric)
         by_rank = {c.rank: c for c in self.plan.candidates}
         rows = []
         for v in self.variants:
             if v.role != "pruned":
                 continue
-            value = _metric(v, metric)
+            value = v.goal_value(metric)
             measured = None
             if dense_value and value:
                 measured = dense_value / value if lower_better else value / dense_value
@@ -386,12 +392,6 @@ class Results(_Doc):
                                      pruned_measured=value, predicted=cand.predicted_speedup if cand else None,
                                      measured=measured))
         return rows
-
-
-def _metric(v: Variant, metric: str) -> float | None:
-    if metric == "file_bytes":
-        return v.size.checkpoint_bytes
-    return getattr(v.latency, metric) if v.latency is not None else None
 
 
 # -- files ------------------------------------------------------------------------------------------------------

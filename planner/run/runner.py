@@ -539,9 +539,9 @@ def _copy_profile(plan, root: Path) -> None:
 def _check_positions(runner: Runner, source) -> None:
     """The latency stage comes last: a workload the model cannot hold fails before any work, not after it."""
     from planner.arch import get_adapter
-    from planner.models import _config_from
+    from planner.models import load_config
 
-    config = _config_from(source, False)
+    config, _ = load_config(str(source.path))
     limit = get_adapter(config).shape(config).max_positions
     prompt_len, gen_len = runner.bench_lengths()
     if limit and prompt_len + gen_len > limit:
