@@ -39,25 +39,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
 
     import planner.prune.masked  # noqa: F401  (registers the engines)
-    from masked_vs_llmcompressor import linear_weights
-    from planner.data import calibration_text, heldout_text, token_blocks
+    from masked_vs_llmcompressor import bench_inputs, linear_weights
     from planner.evaluate.perplexity import perplexity_of_ids
-    from planner.models import resolve_source
     from planner.prune import apply_pruning
     from planner.prune.specs import SemiStructuredPruning, UnstructuredPruning
 
-    hf_logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    folder = args.model or str(resolve_source(None).path)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    calib = token_blocks(tokenizer, calibration_text(), args.samples, args.seq_len)
-    held = tokenizer(heldout_text(), add_special_tokens=False)["input_ids"][: args.eval_tokens]
-    eval_ids = torch.tensor(held[: len(held) // args.seq_len * args.seq_len]).view(-1, args.seq_len)
+    folder, calib, eval_ids = bench_inputs(args)
     spec = (SemiStructuredPruning(n=2, m=4, criterion=args.criterion) if args.pattern == "2:4"
             else UnstructuredPruning(sparsity=0.5, criterion=args.criterion))
     print(f"model {folder}; {args.criterion} {args.pattern}; calibration {tuple(calib.shape)}; held-out "

@@ -173,7 +173,9 @@ def evaluate(folder: str, weights: str | None, eval_ids, pattern: str) -> dict:
     return out
 
 
-def parent(args) -> int:
+def bench_inputs(args):
+    """(model folder, calibration blocks, held-out windows) from --model, --samples, --seq-len, --eval-tokens,
+    --threads: the same for every masked-pruning bench, so their figures can be set side by side."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -189,6 +191,13 @@ def parent(args) -> int:
     calib = token_blocks(tokenizer, calibration_text(), args.samples, args.seq_len)
     held = tokenizer(heldout_text(), add_special_tokens=False)["input_ids"][: args.eval_tokens]
     eval_ids = torch.tensor(held[: len(held) // args.seq_len * args.seq_len]).view(-1, args.seq_len)
+    return folder, calib, eval_ids
+
+
+def parent(args) -> int:
+    import torch
+
+    folder, calib, eval_ids = bench_inputs(args)
     peer_ok = Path(args.peer_python).is_file()
     print(f"model {folder}\ncalibration {args.samples} x {args.seq_len} tokens (bundled calibration text); held-out "
           f"{eval_ids.numel()} tokens in {eval_ids.shape[0]} windows of {args.seq_len}; torch threads "
