@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError
+from planner.workload import require_positions
 
 RUNTIMES = ("hf-eager", "hf-compile", "vllm")
 
@@ -159,10 +160,8 @@ def benchmark(subjects: list[Subject], tokenizer, config: BenchConfig, measured_
     vocab = min(getattr(s.model.config, "vocab_size", 1 << 30) for s in subjects)
     ids = prompt_ids(tokenizer, config.prompt_len, config.batch_size, vocab)
     for s in subjects:
-        limit = getattr(s.model.config, "max_position_embeddings", None)
-        if limit is not None and config.prompt_len + config.gen_len > limit:
-            raise InputError(f"prompt_len {config.prompt_len} + gen_len {config.gen_len} exceeds the model's "
-                             f"max_position_embeddings {limit}; choose a shorter workload")
+        require_positions(config.prompt_len, config.gen_len, getattr(s.model.config, "max_position_embeddings", None),
+                          "choose a shorter workload")
         if config.runtime == "hf-compile":
             _prepare_compiled(s.model, config)
     samples = {s.name: {"e2e": [], "ttft": [], "tpot": []} for s in subjects}

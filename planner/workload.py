@@ -91,3 +91,11 @@ class QualityBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_ppl_increase: float = Field(0.10, ge=0, description="relative held-out perplexity increase, 0.10 = +10%")
     max_kl: float | None = Field(None, ge=0)
+
+
+def require_positions(prompt_len: int, gen_len: int, max_positions: int | None, fix: str) -> None:
+    """A request the model cannot hold (prompt + generated tokens over its positions) is bad input; `fix` says
+    which option to change. Models that do not state a limit pass."""
+    if max_positions and prompt_len + gen_len > max_positions:
+        raise InputError(f"prompt_len {prompt_len} + gen_len {gen_len} exceeds the model's max_position_embeddings "
+                         f"{max_positions}; {fix}")

@@ -291,7 +291,8 @@ def test_prompt_with_no_room_for_the_measured_decode_steps_is_measured_at_its_li
 
 
 def test_workload_longer_than_the_model_is_bad_input(tiny_folder, tmp_path, capsys):
-    with pytest.raises(InputError, match="prompt_len 300 \\+ gen_len 4 exceeds the model's 256 positions"):
+    expected = "prompt_len 300 \\+ gen_len 4 exceeds the model's max_position_embeddings 256"
+    with pytest.raises(InputError, match=expected):
         run_profile(str(tiny_folder), "a100", Workload(prompt_len=300, gen_len=4), measure=False)
     assert main(["--goal", "p95-latency", "--gpu", "a100", "--model", str(tiny_folder), "--no-measure",
                  "--prompt-len", "300", "--gen-len", "4", "-o", str(tmp_path / "plan.json")]) == 2

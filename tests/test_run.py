@@ -149,7 +149,7 @@ def test_bad_run_arguments_exit_2(setup, tmp_path, capsys):
     assert main(["run", str(plan), "--resume", "--out", str(tmp_path / "c")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["run", str(plan), "--prompt-len", "250", "--gen-len", "10", "--out", str(tmp_path / "f")]) == 2
-    assert "prompt_len 250 + gen_len 10 exceeds the model's 256 positions" in capsys.readouterr().err
+    assert "prompt_len 250 + gen_len 10 exceeds the model's max_position_embeddings 256" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()  # nothing was started, so nothing blocks a corrected run
     assert main(["run", str(plan), "--eval-prompts", str(tmp_path / "missing.jsonl"), "--out",
                  str(tmp_path / "d")]) == 2

@@ -152,7 +152,7 @@ def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, t
     from planner.models import build_meta_model, load_config, parameters_by_role
     from planner.profile.device import describe_local_device, pick_device
     from planner.profile.schema import MemoryFacts, ModelInfo
-    from planner.workload import Workload
+    from planner.workload import Workload, require_positions
 
     workload = workload or Workload()
     if repeats < 1:
@@ -162,10 +162,8 @@ def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, t
     gpu = _gpu_spec(gpu)
     config, source = load_config(model_spec, trust_remote_code)
     shape = get_adapter(config).shape(config)
-    if shape.max_positions and workload.prompt_len + workload.gen_len > shape.max_positions:
-        raise InputError(f"workload prompt_len {workload.prompt_len} + gen_len {workload.gen_len} exceeds the "
-                         f"model's {shape.max_positions} positions (max_position_embeddings); choose a workload "
-                         f"of at most {shape.max_positions} tokens")
+    require_positions(workload.prompt_len, workload.gen_len, shape.max_positions,
+                      f"choose a workload of at most {shape.max_positions} tokens (--prompt-len + --gen-len)")
     roles = parameters_by_role(build_meta_model(config))
     device = pick_device(device)
     local = describe_local_device(device)

@@ -540,13 +540,11 @@ def _check_positions(runner: Runner, source) -> None:
     """The latency stage comes last: a workload the model cannot hold fails before any work, not after it."""
     from planner.arch import get_adapter
     from planner.models import load_config
+    from planner.workload import require_positions
 
     config, _ = load_config(str(source.path))
-    limit = get_adapter(config).shape(config).max_positions
-    prompt_len, gen_len = runner.bench_lengths()
-    if limit and prompt_len + gen_len > limit:
-        raise InputError(f"latency workload prompt_len {prompt_len} + gen_len {gen_len} exceeds the model's {limit} "
-                         "positions (max_position_embeddings); pass a shorter --prompt-len / --gen-len")
+    require_positions(*runner.bench_lengths(), get_adapter(config).shape(config).max_positions,
+                      "pass a shorter --prompt-len / --gen-len for the latency benchmark")
 
 
 def _run_stages(runner: Runner, source, devinfo) -> Results:
