@@ -62,6 +62,23 @@ COMPRESSED_DIR = "compressed"
 COMPRESSED_FILE = "weights.bitmask.safetensors"
 
 
+def pack_bits(mask):
+    """A bool tensor as a flat uint8 tensor, 8 entries per byte (numpy bit order)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.packbits(mask.detach().to("cpu", torch.bool).reshape(-1).numpy()))
+
+
+def unpack_bits(packed, shape):
+    """The bool tensor of `shape` that `pack_bits` packed."""
+    import numpy as np
+    import torch
+
+    count = int(np.prod(shape)) if len(shape) else 1
+    return torch.from_numpy(np.unpackbits(packed.numpy())[:count].astype(bool)).reshape(shape)
+
+
 def write_compressed(model, folder: str | Path) -> int:
     """Write a lossless bitmask-compressed copy of `model`'s weights to `folder/compressed/`; return its bytes.
 
@@ -69,8 +86,6 @@ def write_compressed(model, folder: str | Path) -> int:
     each tensor that gets smaller this way is stored as a bit-packed non-zero mask (1 bit per weight) plus its
     non-zero values in order; the others are stored as they are. `load_compressed` restores exact tensors. The
     folder sits beside the standard checkpoint, which `from_pretrained` keeps loading unchanged."""
-    import numpy as np
-    import torch
     from safetensors.torch import save_file
 
     folder = Path(folder) / COMPRESSED_DIR
@@ -91,7 +106,7 @@ def write_compressed(model, folder: str | Path) -> int:
         dense_bytes = value.numel() * value.element_size()
         packed_bytes = kept * value.element_size() + (value.numel() + 7) // 8
         if value.dim() >= 2 and packed_bytes < dense_bytes:
-            tensors[f"{name}.bitmask"] = torch.from_numpy(np.packbits(nonzero.reshape(-1).numpy()))
+            tensors[f"{name}.bitmask"] = pack_bits(nonzero)
             tensors[f"{name}.values"] = value[nonzero].clone()
             shapes[name] = list(value.shape)
         else:
@@ -106,7 +121,6 @@ def write_compressed(model, folder: str | Path) -> int:
 
 def load_compressed(folder: str | Path) -> dict[str, Any]:
     """The state dict stored by `write_compressed` under `folder` (the checkpoint folder), exact."""
-    import numpy as np
     import torch
     from safetensors import safe_open
 
@@ -125,11 +139,9 @@ def load_compressed(folder: str | Path) -> dict[str, Any]:
             state[key] = f.get_tensor(key)
         for name, shape in shapes.items():
             values = f.get_tensor(f"{name}.values")
-            count = int(np.prod(shape))
-            bits = np.unpackbits(f.get_tensor(f"{name}.bitmask").numpy())[:count].astype(bool)
-            out = torch.zeros(count, dtype=values.dtype)
-            out[torch.from_numpy(bits)] = values
-            state[name] = out.reshape(shape)
+            out = torch.zeros(shape, dtype=values.dtype)
+            out[unpack_bits(f.get_tensor(f"{name}.bitmask"), shape)] = values
+            state[name] = out
     for name, owner in json.loads(meta.get("aliases", "{}")).items():
         state[name] = state[owner]
     return state

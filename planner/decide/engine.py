@@ -114,8 +114,9 @@ def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any
         predicted_gain=pred.gain,
     )
     peak, capacity = pred.figures.get("peak_memory_bytes"), facts.get("gpu_memory_gb")
-    out["predicted_memory_gb"] = None if peak is None else peak / 1e9
-    out["predicted_fits"] = None if peak is None or not capacity else peak / 1e9 <= capacity
+    memory_gb = None if peak is None else peak / 1e9
+    out["predicted_memory_gb"] = memory_gb
+    out["predicted_fits"] = None if memory_gb is None or not capacity else memory_gb <= capacity
     return out
 
 
@@ -144,12 +145,13 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
     for draft in drafts:
         pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator)
         label = candidate_label(draft.prune, draft.recovery, shape)
-        peak = pred.figures.get("peak_memory_bytes")
+        cfacts = _candidate_facts(facts, draft, pred)
+        memory_gb = cfacts["predicted_memory_gb"]
         cvalues = dict(values, plan=label, kind=draft.prune.kind, ratio_pct=f"{pred.ratio:.0%}",
-                       predicted_memory_gb="?" if peak is None else f"{peak / 1e9:,.1f}",
+                       predicted_memory_gb="?" if memory_gb is None else f"{memory_gb:,.1f}",
                        speedup="?" if pred.speedup is None else f"{pred.speedup:.2f}x",
                        gain_pct="?" if pred.gain is None else f"{pred.gain:.0%}")
-        outcome = fire_candidate(ruleset, _candidate_facts(facts, draft, pred), cvalues)
+        outcome = fire_candidate(ruleset, cfacts, cvalues)
         fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         judged = _judge(draft, pred, outcome, ctx, budget, gpu, metric,
                         name=candidate_name(draft.prune, draft.recovery, shape), label=label)

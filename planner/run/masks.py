@@ -11,15 +11,14 @@ from pathlib import Path
 
 
 def save_masks(masks: dict, path: str | Path) -> Path:
-    import numpy as np
-    import torch
     from safetensors.torch import save_file
+
+    from planner.export import pack_bits
 
     path = Path(path)
     packed, shapes = {}, {}
     for name, mask in masks.items():
-        flat = mask.detach().to("cpu", torch.bool).reshape(-1).numpy()
-        packed[name] = torch.from_numpy(np.packbits(flat))
+        packed[name] = pack_bits(mask)
         shapes[name] = list(mask.shape)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(packed, str(tmp), metadata={"shapes": json.dumps(shapes)})
@@ -28,16 +27,13 @@ def save_masks(masks: dict, path: str | Path) -> Path:
 
 
 def load_masks(path: str | Path) -> dict:
-    import numpy as np
-    import torch
     from safetensors import safe_open
+
+    from planner.export import unpack_bits
 
     masks = {}
     with safe_open(str(path), framework="pt") as f:
         shapes = json.loads(f.metadata()["shapes"])
         for name in f.keys():
-            shape = shapes[name]
-            count = int(np.prod(shape)) if shape else 1
-            bits = np.unpackbits(f.get_tensor(name).numpy())[:count].astype(bool)
-            masks[name] = torch.from_numpy(bits).reshape(shape)
+            masks[name] = unpack_bits(f.get_tensor(name), shapes[name])
     return masks
