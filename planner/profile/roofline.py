@@ -30,6 +30,7 @@ from pydantic import Field, computed_field
 
 from planner.arch import ModelShape
 from planner.errors import InputError
+from planner.perf.serving import Serving, StepBound, step_bound
 from planner.profile._doc import Doc
 from planner.workload import Workload
 
@@ -165,6 +166,19 @@ class RooflineEstimate(Doc):
     kv_sequences: int = Field(description="sequences whose KV cache is resident: max(batch_size, concurrency)")
     activation_bytes: float = Field(description="peak live activations of a prefill, fused attention")
     label: str
+    runtime: str | None = Field(None, description="serving runtime the times are projected for (None: bare roofline)")
+    serving: Serving | None = Field(None, description="the serving-stack model's times for `runtime`")
+
+    @computed_field
+    @property
+    def roofline_prefill_ms(self) -> float:
+        """Lower bound at the peaks, no efficiency and no overhead."""
+        return self.prefill.time_ms
+
+    @computed_field
+    @property
+    def roofline_decode_ms_per_token(self) -> float:
+        return self.decode.time_ms
 
     @computed_field
     @property
@@ -175,12 +189,28 @@ class RooflineEstimate(Doc):
     @computed_field
     @property
     def prefill_ms(self) -> float:
-        return self.prefill.time_ms
+        return self.serving.prefill.time_ms if self.serving else self.prefill.time_ms
 
     @computed_field
     @property
     def decode_ms_per_token(self) -> float:
-        return self.decode.time_ms
+        return self.serving.decode.time_ms if self.serving else self.decode.time_ms
+
+    @computed_field
+    @property
+    def decode_batch(self) -> int:
+        """Sequences per decode step: the runtime's continuous batch, else the workload's batch."""
+        return self.serving.decode_batch if self.serving else self.workload.batch_size
+
+    @computed_field
+    @property
+    def prefill_overhead_share(self) -> float | None:
+        return self.serving.prefill.overhead_share if self.serving else None
+
+    @computed_field
+    @property
+    def decode_overhead_share(self) -> float | None:
+        return self.serving.decode.overhead_share if self.serving else None
 
     @computed_field
     @property
@@ -200,8 +230,8 @@ class RooflineEstimate(Doc):
     @computed_field
     @property
     def tokens_per_s(self) -> float:
-        """Generated tokens per second over a whole request (all sequences of the batch)."""
-        return self.workload.batch_size * self.workload.gen_len / (self.request_ms / 1e3)
+        """Generated tokens per second over a whole request (all sequences decoded together)."""
+        return self.decode_batch * self.workload.gen_len / (self.request_ms / 1e3)
 
     @computed_field
     @property
@@ -211,13 +241,14 @@ class RooflineEstimate(Doc):
 
     @computed_field
     @property
-    def prefill_bound(self) -> Bound:
-        return self.prefill.bound
+    def prefill_bound(self) -> StepBound:
+        """memory / compute from the roofline; overhead where the runtime's per-step overhead is half the step."""
+        return step_bound(self.serving.prefill, self.prefill.bound) if self.serving else self.prefill.bound
 
     @computed_field
     @property
-    def decode_bound(self) -> Bound:
-        return self.decode.bound
+    def decode_bound(self) -> StepBound:
+        return step_bound(self.serving.decode, self.decode.bound) if self.serving else self.decode.bound
 
     @computed_field
     @property
@@ -248,8 +279,12 @@ class RooflineEstimate(Doc):
 
     def _request_share(self, field: str) -> dict[str, float]:
         n = self.workload.gen_len
-        pre, dec = self.prefill.by_category, self.decode.by_category
-        values = {c: getattr(pre[c], field) + n * getattr(dec[c], field) for c in CATEGORIES}
+        if field == "time_ms" and self.serving:
+            pre_t, dec_t = self.serving.prefill.by_category, self.serving.decode.by_category
+            values = {c: pre_t.get(c, 0.0) + n * dec_t.get(c, 0.0) for c in CATEGORIES}
+        else:
+            pre, dec = self.prefill.by_category, self.decode.by_category
+            values = {c: getattr(pre[c], field) + n * getattr(dec[c], field) for c in CATEGORIES}
         total = sum(values.values())
         return {c: (v / total if total else 0.0) for c, v in values.items()}
 
@@ -416,9 +451,13 @@ def activation_bytes(shape: ModelShape, tokens: int, batch: int, dtype_bytes: fl
 
 
 def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, sparse_2to4: bool = False,
-             peaks: dict | None = None) -> RooflineEstimate:
-    """Roofline lower bounds of prefill and one decode step of `shape` serving `workload` on `gpu`.
+             peaks: dict | None = None, runtime=None, rates=None, weight_format: str | None = None,
+             tensor_parallel: int = 1) -> RooflineEstimate:
+    """Prefill and one decode step of `shape` serving `workload` on `gpu`.
 
+    Without `runtime` (and without `workload.runtime`): the bare roofline lower bound. With one: the serving-stack
+    model of planner.perf.serving on top of it, at `rates` (planner.perf.serving.Rates: e.g. figures measured on
+    this host) or the runtime profile's figures for the GPU's architecture.
     `peaks` ({"flops": FLOP/s, "bandwidth": bytes/s}) replaces the catalog's figures, e.g. the local CPU's
     measured peaks. Works from shapes alone: pass `shape.model_copy(update={...})` to estimate a pruned model.
     """
@@ -432,16 +471,30 @@ def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, spa
     density = sparse_2to4_density(d) if applied else 1.0
     speedup = 2.0 if applied else 1.0
 
+    runtime_spec = None
+    runtime = runtime or getattr(workload, "runtime", None)
+    if isinstance(runtime, str):
+        from planner.perf.runtimes import resolve_runtime
+
+        runtime_spec = resolve_runtime(runtime, gpu)
+    elif runtime is not None:  # a RuntimeProfile object (e.g. one being fitted)
+        runtime_spec = runtime
     b, p = workload.batch_size, workload.prompt_len
+    decode_b = max(b, workload.concurrency) if runtime_spec is not None and runtime_spec.continuous_batching else b
     decode_context = p + workload.gen_len / 2
     prefill_ops = _phase_ops(shape, b, p, context=p, causal_pairs=p * (p + 1) / 2, d=d, density=density)
-    decode_ops = _phase_ops(shape, b, 1, context=decode_context, causal_pairs=decode_context, d=d, density=density)
+    decode_ops = _phase_ops(shape, decode_b, 1, context=decode_context, causal_pairs=decode_context, d=d,
+                            density=density)
     phases = {}
-    for name, ops, new_tokens, context in (("prefill", prefill_ops, p, float(p)),
-                                           ("decode", decode_ops, 1, decode_context)):
+    for name, ops, batch, new_tokens, context in (("prefill", prefill_ops, b, p, float(p)),
+                                                  ("decode", decode_ops, decode_b, 1, decode_context)):
         placed, compute_ms, memory_ms = _place(ops, peak, bandwidth, speedup)
-        phases[name] = PhaseEstimate(phase=name, batch_size=b, new_tokens=new_tokens, context_len=context,
+        phases[name] = PhaseEstimate(phase=name, batch_size=batch, new_tokens=new_tokens, context_len=context,
                                      ops=placed, compute_ms=compute_ms, memory_ms=memory_ms)
+    serving = None
+    if runtime_spec is not None:
+        serving = _serve(phases, shape, runtime_spec, gpu, rates, peak, bandwidth, dtype, d, decode_b,
+                         weight_format, tensor_parallel)
 
     params = parameter_count(shape)
     linear = linear_parameters(shape)
@@ -455,5 +508,21 @@ def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, spa
         kv_cache_bytes_per_token=2 * shape.num_layers * shape.kv_dim * d,
         kv_sequences=max(b, workload.concurrency),
         activation_bytes=activation_bytes(shape, b * p, b, d),
-        label=f"projected to {where}; roofline lower bound)",
+        label=f"projected to {where}; " + (serving.label + ")" if serving else "roofline lower bound)"),
+        runtime=runtime_spec.id if runtime_spec else None, serving=serving,
     )
+
+
+def _serve(phases, shape, runtime, gpu, rates, peak, bandwidth, dtype, d, decode_batch, weight_format,
+           tensor_parallel) -> Serving:
+    from planner.perf.serving import rates_from_profile, serve_phase
+
+    rates = rates or rates_from_profile(runtime, gpu)
+    served = {name: serve_phase(phase, layers=shape.num_layers, rates=rates, peak=peak, bandwidth=bandwidth,
+                                runtime=runtime, gpu=gpu, dtype=dtype, dtype_bytes=d, weight_format=weight_format,
+                                tensor_parallel=tensor_parallel, group_size=shape.group_size, query_dim=shape.q_dim,
+                                hidden_size=shape.hidden_size)
+              for name, phase in phases.items()}
+    label = f"{runtime.id} serving model, rates from {rates.source}"
+    return Serving(rates=rates, decode_batch=decode_batch, prefill=served["prefill"], decode=served["decode"],
+                   label=label)
