@@ -25,6 +25,9 @@ def add_main_arguments(parser) -> None:
     g.add_argument("--rules", action="append", default=None, metavar="DIR",
                    help="a folder of your own rules (*.yaml), added to the built-in ones; repeatable "
                         "(check it first with `plan rules --check DIR`)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the local measurement (use the same as `plan run --threads` when "
+                        "planning for --gpu cpu)")
     g.add_argument("--no-measure", action="store_true",
                    help="projection only: skip measuring the model on this machine (no weights needed)")
     g.add_argument("-o", "--output", default="plan.json", metavar="FILE",
@@ -103,7 +106,9 @@ def make_plan(args):
 
 def _workload_for(args, gpu, workload_from_args):
     """The workload; a GPU without a peak for the default dtype (T4, V100: no bf16) serves in fp16 instead."""
-    workload = workload_from_args(args)
+    from planner.perf.runtimes import for_target
+
+    workload = for_target(workload_from_args(args), gpu)
     if gpu.measured_local or gpu.peak_flops(workload.dtype) is not None:
         return workload, None
     has = [d for d in ("bf16", "fp16", "fp8", "int8", "fp32") if gpu.peak_flops(d) is not None]
@@ -140,18 +145,20 @@ def _profile(args, gpu, workload):
 
         raise InputError(f"the profiler is not available in this build ({exc}); `plan` needs planner.profile") from None
     return load_or_run_profile(args.model, gpu, workload, measure=not args.no_measure,
-                               trust_remote_code=args.trust_remote_code)
+                               trust_remote_code=args.trust_remote_code, threads=getattr(args, "threads", None))
 
 
 def _estimator(profile):
-    """The roofline for pruned shapes, on the same peaks the profile projected with (measured ones for `cpu`)."""
+    """The serving model for pruned shapes, on the same peaks and rates the profile projected with (those measured
+    on this host for `cpu`)."""
     from planner.profile.roofline import estimate
 
     proj = profile.projected
     peaks = {"flops": proj.peak_flops, "bandwidth": proj.bandwidth} if proj.peaks_source == "measured" else None
+    rates = proj.serving.rates if proj.serving is not None else None
 
     def run(shape, workload, gpu, *, sparse_2to4=False):
-        return estimate(shape, workload, gpu, sparse_2to4=sparse_2to4, peaks=peaks)
+        return estimate(shape, workload, gpu, sparse_2to4=sparse_2to4, peaks=peaks, rates=rates)
 
     return run
 

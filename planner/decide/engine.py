@@ -92,7 +92,14 @@ def _values(facts: dict[str, Any], gpu, goal: Goal, metric: str, budget) -> dict
         "memory_gb": _gb(facts.get("weights_gb"), facts.get("kv_cache_gb")),
         "gpu_memory_gb": None if facts.get("gpu_memory_gb") is None else f"{facts['gpu_memory_gb']:g}",
         "group_size": (facts["num_heads"] // facts["num_kv_heads"]) if facts.get("num_kv_heads") else None,
+        "runtime": facts.get("runtime"),
+        "decode_overhead_pct": _pct(facts.get("decode_overhead_share")),
+        "prefill_overhead_pct": _pct(facts.get("prefill_overhead_share")),
     }
+
+
+def _pct(value) -> str | None:
+    return None if value is None else f"{value:.0%}"
 
 
 def _gb(*parts) -> str | None:
@@ -133,6 +140,7 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
                           profile_facts=profile_facts)
     dense = predict_mod.figures(shape, NoPruning(), workload, gpu, estimator=estimator)[0]
     metric = predict_mod.goal_metric(goal, dense)
+    by_runtime = _dense_by_runtime(shape, workload, gpu, metric, dense, estimator)
     values = _values(facts, gpu, goal, metric, budget)
     ctx = fire_context(ruleset, facts, values)
     fired = list(ctx.fired)
@@ -154,7 +162,8 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         outcome = fire_candidate(ruleset, cfacts, cvalues)
         fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         judged = _judge(draft, pred, outcome, ctx, budget, gpu, metric,
-                        name=candidate_name(draft.prune, draft.recovery, shape), label=label)
+                        name=candidate_name(draft.prune, draft.recovery, shape), label=label,
+                        workload_runtime=workload.runtime)
         (rejected if isinstance(judged, Rejected) else kept).append(judged)
 
     kept.sort(key=lambda c: (-c.score, c.params_removed_frac, c.name))
@@ -164,13 +173,15 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         gpu_name=gpu.name, workload=workload, budget=budget, goal_metric=metric, dense_goal=dense.get(metric),
         dense_predicted=dense, profile=profile_info or {}, facts=facts, rules_version=ruleset.version,
         rule_files=[str(p) for p in ruleset.files], rules_fired=list(dict.fromkeys(fired)),
-        candidates=candidates, rejected=rejected, verdict=_verdict(ctx, candidates, goal, gpu),
-        notes=_plan_notes(goal, gpu),
+        candidates=candidates, rejected=rejected,
+        verdict=_verdict(ctx, candidates, goal, gpu, _runtime_advice(by_runtime, workload, metric)),
+        notes=_plan_notes(goal, gpu, workload), dense_by_runtime=by_runtime,
+        dense_rates=_dense_rates(shape, workload, gpu, estimator),
     )
 
 
 def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, budget, gpu, metric: str, *,
-           name: str, label: str) -> Candidate | Rejected:
+           name: str, label: str, workload_runtime: str | None = None) -> Candidate | Rejected:
     """Set the candidate aside (don't-prune verdict, a reject rule, no projection, over the budget) or keep it."""
     tier = outcome.tier
     rules = [r.id for r, _ in ctx.dont_prune] + [r.id for r, _ in outcome.rejections]
@@ -192,7 +203,7 @@ def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, b
     score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
     return Candidate(
         rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, projected_to=gpu.id,
-        basis=f"projected to {gpu.id} (roofline model)", goal_metric=pred.metric, predicted_goal=pred.value,
+        basis=f"projected to {gpu.id} ({'serving-stack model, ' + workload_runtime if workload_runtime else 'roofline model'})", goal_metric=pred.metric, predicted_goal=pred.value,
         predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
         params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
         chosen_by=list(dict.fromkeys(chosen_by)),
@@ -218,7 +229,57 @@ def _levers(entries: list[tuple[Rule, str]], field_name: str) -> list[LeverAdvic
     return list(by_lever.values())
 
 
-def _verdict(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu) -> Verdict:
+def _dense_by_runtime(shape, workload, gpu, metric: str, dense: dict, estimator) -> dict[str, float | None]:
+    """The dense model's goal figure under every runtime the target can use (GPU targets: from the runtime
+    profiles; the local host: only the runtime it was measured under)."""
+    from planner.perf.runtimes import runtime_catalog
+    from planner.prune.specs import NoPruning
+
+    out = {workload.runtime: dense.get(metric)} if workload.runtime else {}
+    if gpu.measured_local or not workload.runtime:
+        return out
+    for name, spec in runtime_catalog().items():
+        if name == workload.runtime or "gpu" not in spec.targets:
+            continue
+        other = workload.model_copy(update={"runtime": name})
+        out[name] = predict_mod.figures(shape, NoPruning(), other, gpu)[0].get(metric)
+    return out
+
+
+def _dense_rates(shape, workload, gpu, estimator) -> dict | None:
+    estimate = (estimator or predict_mod._default_estimator())(shape, workload, gpu, sparse_2to4=False)
+    return estimate.serving.rates.model_dump() if estimate.serving is not None else None
+
+
+def _runtime_advice(by_runtime: dict[str, float | None], workload, metric: str) -> str | None:
+    """'vllm: dense predicted 8.1x better' when another runtime beats the workload's by more than 3%."""
+    current = by_runtime.get(workload.runtime or "")
+    if not current:
+        return None
+    lower = metric in predict_mod.LOWER_IS_BETTER
+    gains = {name: (current / v if lower else v / current) for name, v in by_runtime.items()
+             if v and name != workload.runtime}
+    if not gains:
+        return None
+    best = max(gains, key=gains.get)
+    if gains[best] < 1.03:
+        return None
+    return f"serving the dense model with {best} instead of {workload.runtime} is predicted {gains[best]:.2f}x better"
+
+
+def _verdict(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu,
+             runtime_advice: str | None = None) -> Verdict:
+    verdict = _verdict_core(ctx, candidates, goal, gpu)
+    runtime_first = any("runtime" in r.then.suggest for r, _ in ctx.suggestions)
+    if runtime_advice and runtime_first:
+        levers = sorted(verdict.levers, key=lambda a: a.lever != "runtime")
+        verdict = verdict.model_copy(update={"levers": levers,
+                                             "text": f"first change the runtime: {runtime_advice}; then "
+                                                     + verdict.text})
+    return verdict
+
+
+def _verdict_core(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu) -> Verdict:
     if ctx.dont_prune:
         levers = _levers(ctx.dont_prune, "dont_prune") + [
             a for a in _levers(ctx.suggestions, "suggest")
@@ -240,8 +301,10 @@ def _verdict(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, gpu) 
     return Verdict(action="prune", levers=suggested, text=text)
 
 
-def _plan_notes(goal: Goal, gpu) -> list[str]:
-    notes = [f"every predicted figure is projected to {gpu.id} by the roofline model, not measured; "
+def _plan_notes(goal: Goal, gpu, workload=None) -> list[str]:
+    runtime = getattr(workload, "runtime", None)
+    model = f"the serving-stack model for {runtime}" if runtime else "the roofline model"
+    notes = [f"every predicted figure is projected to {gpu.id} by {model}, not measured; "
              "`plan run` measures the candidates on this machine"]
     if gpu.measured_local:
         notes.append("the target is the local host: its peaks were measured at run time by the profiler")

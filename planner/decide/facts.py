@@ -81,8 +81,19 @@ _FACT_LIST = [
     _f("gated_mlp", "bool", "model", "gated MLP (gate/up/down), e.g. Llama"),
     # -- the profile (planner.profile.facts.profile_facts), projected to the target GPU
     _f("measured", "bool", "profile", "the profile includes local measurements (not only projection)"),
-    _f("prefill_bound", "enum", "profile", "what limits prefill on the target GPU", ("memory", "compute")),
-    _f("decode_bound", "enum", "profile", "what limits decode on the target GPU", ("memory", "compute")),
+    _f("prefill_bound", "enum", "profile", "what limits prefill on the target GPU and runtime",
+       ("memory", "compute", "overhead")),
+    _f("decode_bound", "enum", "profile", "what limits decode on the target GPU and runtime",
+       ("memory", "compute", "overhead")),
+    _f("runtime", "text", "--runtime", "serving runtime of the projection, e.g. vllm, hf-eager"),
+    _f("runtime_cuda_graphs", "bool", "runtime profile", "the runtime replays CUDA graphs (no per-op host dispatch)"),
+    _f("prefill_overhead_share", "number", "profile",
+       "share of a prefill that is per-step overhead (host dispatch, kernel floors, scheduler), projected"),
+    _f("decode_overhead_share", "number", "profile",
+       "share of a decode step that is per-step overhead (host dispatch, kernel floors, scheduler), projected"),
+    _f("overhead_bound", "bool", "profile",
+       "the dominant phase is overhead-bound: per-step overhead is at least half of it, so removing bytes or "
+       "FLOPs buys little"),
     _f("prefill_intensity", "number", "profile", "prefill arithmetic intensity, FLOP/byte"),
     _f("decode_intensity", "number", "profile", "decode arithmetic intensity, FLOP/byte"),
     _f("ridge_point", "number", "profile", "GPU peak FLOP/s / bandwidth for the dtype, FLOP/byte"),
@@ -172,6 +183,8 @@ def context_facts(*, goal: Goal, gpu, workload, budget, shape=None, params: int 
             facts[name] = profile_facts[name]
         else:
             facts.setdefault(name, None)
+    facts["runtime"] = profile_facts.get("runtime") or getattr(workload, "runtime", None)
+    facts["runtime_cuda_graphs"] = profile_facts.get("runtime_cuda_graphs")
     for name in ("num_layers", "gqa"):  # the profile reports these too; the shape is the source when both exist
         if facts.get(name) is None and profile_facts.get(name) is not None:
             facts[name] = profile_facts[name]

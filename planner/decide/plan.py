@@ -11,14 +11,13 @@ measurement. `predicted_speedup` is the goal figure, x times better than dense.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from planner.documents import show
 from planner.errors import InputError
 from planner.prune.specs import CalibrationSpec, PruneSpec
 from planner.recover.specs import RecoverySpec
@@ -30,7 +29,7 @@ RiskTier = Literal["low", "medium", "high", "severe"]
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Candidate(_Doc):
@@ -91,6 +90,8 @@ class Plan(_Doc):
     planner_version: str = ""
     model: str = ""  # what --model was ("" = the embedded default)
     model_name: str = ""
+    model_path: str = ""  # the absolute folder or file --model resolved to, when it named a local path
+    model_fingerprint: dict[str, Any] = Field(default_factory=dict)  # config hash and weight files: see models.py
     goal: Goal
     gpu: str  # target GPU id
     gpu_name: str = ""
@@ -99,6 +100,10 @@ class Plan(_Doc):
     goal_metric: str
     dense_goal: float | None = None  # the dense model's goal figure, projected to `gpu`
     dense_predicted: dict[str, float | None] = Field(default_factory=dict)
+    # the dense model's goal figure under each runtime the target can use, projected (the "runtime" lever's figure)
+    dense_by_runtime: dict[str, float | None] = Field(default_factory=dict)
+    # the serving model's rates behind dense_predicted (efficiencies, overheads, where they came from)
+    dense_rates: dict[str, Any] | None = None
     profile: dict[str, Any] = Field(default_factory=dict)  # where the profile came from: measured on, cache path
     facts: dict[str, Any] = Field(default_factory=dict)  # every context fact the rules saw
     rules_version: str
@@ -131,8 +136,8 @@ def _format_errors(exc: ValidationError) -> str:
             parts.append(f"{where}: unknown key")
             continue
         got = err.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {show(got)})"
+        parts.append(f"{where[:120]}: {err['msg'].removeprefix('Value error, ')[:300]}{shown}")
     return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
 
 
@@ -142,25 +147,27 @@ def parse_plan(data: Any, where: str = "plan") -> Plan:
     if data.get("kind", PLAN_KIND) != PLAN_KIND:
         raise InputError(f"{where}: not a plan (kind {data.get('kind')!r}, expected {PLAN_KIND!r})")
     try:
-        return Plan.model_validate(data)
+        plan = Plan.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{where}: invalid plan: {_format_errors(exc)}") from None
     except InputError as exc:  # a Workload with a bad dtype raises InputError from inside validation
         raise InputError(f"{where}: invalid plan: {exc}") from None
+    from planner.gpus import get_gpu
+
+    try:
+        get_gpu(plan.gpu)
+    except InputError as exc:
+        raise InputError(f"{where}: invalid plan: gpu: {exc}") from None
+    return plan
 
 
 def load_plan(path: str | Path) -> Plan:
     """Read and validate plan.json; InputError names the file and the bad key or value."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"plan file {str(path)!r} does not exist (write one with `plan --goal ... --gpu ...`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file; expected plan JSON") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return parse_plan(data, str(path))
+    from planner.documents import check_file, parse_json, read_text
+
+    check_file(path, "plan file", " (write one with `plan --goal ... --gpu ...`)")
+    shown = show(str(path))
+    return parse_plan(parse_json(read_text(path, "plan file"), shown), shown)
 
 
 def is_plan_file(path: str | Path) -> bool:
@@ -173,22 +180,15 @@ def is_plan_file(path: str | Path) -> bool:
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
     """Write plan.json atomically. An existing file is replaced only if it is a plan itself."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"output {str(path)!r} is a folder; give a file name such as {str(path / 'plan.json')!r}")
-    if path.exists() and not is_plan_file(path):
-        raise InputError(f"refusing to overwrite {str(path)!r}: it exists and is not a plan file; "
-                         "choose another -o/--output or remove it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(plan.model_dump_json(indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from planner.documents import check_output, write_atomic
+    from planner.models import model_identity
+
+    path = check_output(path, "plan", is_plan_file, "plan.json")
+    if plan.model and not plan.model_path:  # a relative --model must not mean another model from another folder
+        identity = model_identity(plan.model)
+        if identity is not None:
+            plan = plan.model_copy(update={"model_path": identity[0], "model_fingerprint": identity[1]})
+    return write_atomic(path, plan.model_dump_json(indent=2) + "\n", what="plan")
 
 
 __all__ = ["Plan", "Candidate", "Rejected", "Verdict", "LeverAdvice", "load_plan", "save_plan", "parse_plan",

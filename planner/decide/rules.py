@@ -36,16 +36,17 @@ fact cannot take, or an unknown placeholder fails at load time with the file and
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 
 from planner.decide.conditions import Always, ConditionError, parse_condition
 from planner.decide.facts import CANDIDATE_FACTS, PRUNE_KINDS, RISK_TIERS
+from planner.documents import show
 from planner.errors import InputError, did_you_mean
 from planner.paths import rules_dir
 
@@ -64,13 +65,16 @@ LEVERS: dict[str, str] = {
                         "inactive for each token; needs its own kernels, pays off in small-batch decode",
     "model-parallelism": "shard the model over several GPUs (tensor or pipeline parallelism) or choose a GPU with "
                          "more memory",
+    "runtime": "serve with a runtime that removes per-step overhead: CUDA graphs and fused kernels (vLLM, "
+               "TensorRT-LLM, torch.compile) instead of eager dispatch",
 }
 Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
 
 # placeholders a reject/note/statement/rationale text may use; filled by the engine for each candidate
 PLACEHOLDERS = ("gpu", "gpu_name", "goal", "dtype", "metric", "speedup", "gain_pct", "plan", "kind", "ratio_pct",
                 "tier", "budget_pct", "non_model_share_pct", "batch_size", "group_size", "num_kv_heads",
-                "memory_gb", "gpu_memory_gb", "predicted_memory_gb")
+                "memory_gb", "gpu_memory_gb", "predicted_memory_gb", "runtime", "decode_overhead_pct",
+                "prefill_overhead_pct")
 
 RATIO_FIELD = {"unstructured": "sparsity", "mlp_channels": "ratio", "heads": "ratio", "layers": "num_layers"}
 
@@ -86,7 +90,7 @@ Condition = Annotated[Any, BeforeValidator(_condition), PlainSerializer(lambda c
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Proposal(_Doc):
@@ -222,20 +226,65 @@ def recovery_spec(choice: str | dict[str, Any]):
         raise ValueError("recovery: " + _describe_errors(exc, RecoverySpec)) from None
 
 
+MAX_TEXT = 2000  # characters of a rule text, before and after its placeholders are filled
+MAX_FORMAT_WIDTH = 40  # a placeholder's format spec pads to at most this many characters
+_SPEC = re.compile(r"^(?:.?[<>=^])?[+\- ]?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d+))?[bcdeEfFgGnosxX%]?$")
+
+
 def check_placeholders(text: str) -> None:
-    for _, name, _, _ in string.Formatter().parse(text):
-        if name is not None and name not in PLACEHOLDERS:
-            raise ValueError("text " + repr(text[:60]) + ": " + did_you_mean(name or "{}", PLACEHOLDERS, "placeholder"))
+    """Every {placeholder} is a known fact, with a plain format spec (e.g. {speedup:.2f}) of bounded width."""
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"text {text[:40]!r}... is {len(text)} characters (accepted: at most {MAX_TEXT})")
+    try:
+        fields = list(string.Formatter().parse(text))
+    except ValueError as exc:  # a lone "{" or "}"
+        raise ValueError(f"text {text[:60]!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            raise ValueError("text " + repr(text[:60]) + ": " + did_you_mean(name[:40] or "{}", PLACEHOLDERS,
+                                                                              "placeholder"))
+        match = _SPEC.match(spec or "")
+        if conversion not in (None, "s", "r") or match is None or not _formats(spec):
+            raise ValueError(f"text {text[:60]!r}: placeholder {{{name}}} has an invalid format "
+                             f"{(('!' + conversion) if conversion else '') + ':' + spec[:20]!r} (accepted: a "
+                             "plain Python format spec such as :.2f or :>8, no nested fields)")
+        if int(match["width"] or 0) > MAX_FORMAT_WIDTH or int(match["precision"] or 0) > MAX_FORMAT_WIDTH:
+            raise ValueError(f"text {text[:60]!r}: placeholder {{{name}:{spec[:20]}}} pads too wide "
+                             f"(accepted: width and precision at most {MAX_FORMAT_WIDTH})")
+
+
+def _formats(spec: str) -> bool:
+    """Whether the spec formats a number or a text (the values a placeholder may take)."""
+    for sample in (1.5, 2, "text"):
+        try:
+            format(sample, spec)
+            return True
+        except (ValueError, TypeError):
+            continue
+    return False
 
 
 def fill(text: str, values: dict[str, Any]) -> str:
     """A rule text with its placeholders filled; unknown values read '?'."""
 
-    class _Safe(dict):
-        def __missing__(self, key):
-            return "?"
+    class _Safe(string.Formatter):
+        def get_value(self, key, args, kwargs):
+            value = kwargs.get(key) if isinstance(key, str) else None
+            return "?" if value is None else value
 
-    return text.format_map(_Safe({k: ("?" if v is None else v) for k, v in values.items()}))
+        def format_field(self, value, format_spec):
+            try:
+                return format(value, format_spec)
+            except (ValueError, TypeError):  # "{speedup:.2f}" of a value that is missing ("?") or a text
+                return str(value)
+
+    try:
+        filled = _Safe().vformat(text, (), values)
+    except (ValueError, IndexError, KeyError, AttributeError):  # a text that skipped the load-time check
+        filled = text
+    return filled if len(filled) <= MAX_TEXT else filled[:MAX_TEXT - 3] + "..."
 
 
 # -- loading ------------------------------------------------------------------------------------------------------
@@ -257,9 +306,9 @@ def _describe_errors(exc: ValidationError, model: type[BaseModel] | None) -> str
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         hide = isinstance(got, (dict, list)) or got is None or err["type"] == "value_error"
-        shown = "" if hide else f" (got {got!r})"
-        parts.append(f"{where}: {msg}{shown}" if where else msg)
-    return "; ".join(parts)
+        shown = "" if hide else f" (got {show(got)})"
+        parts.append(f"{where[:120]}: {msg[:300]}{shown}" if where else msg[:300])
+    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
 
 
 def _owner(model: type[BaseModel], loc) -> type[BaseModel] | None:
@@ -288,13 +337,10 @@ def load_rule_file(path: str | Path) -> list[Rule]:
     """The rules of one file; InputError names the file, the rule id and the problem."""
     path = Path(path)
     shown = _display(path)
-    try:
-        # libyaml's loader when present: the same safe subset of YAML, several times faster
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot read rules file: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{shown}: not valid YAML: {exc}") from None
+    from planner.documents import load_document
+
+    # libyaml's parser when present; duplicate keys, non-finite numbers, binary files and alias bombs are refused
+    data = load_document(path, "rules file", where=shown)
     if not isinstance(data, dict):
         raise InputError(f"{shown}: a rules file is a mapping with `version` and `rules` "
                          f"(got {type(data).__name__})")

@@ -193,3 +193,12 @@ def resolve_runtime(name: str | None, gpu) -> RuntimeProfile:
         raise InputError(f"runtime {spec.id!r} does not run on {gpu.id} ({target}); accepted there: "
                          f"{', '.join(accepted)}")
     return spec
+
+
+def for_target(workload, gpu):
+    """The workload with its runtime resolved for the target (vllm on a GPU, hf-eager on the local CPU unless one
+    was named) and, on the local CPU, fp32 unless a dtype was given (CPUs run bf16 matmuls slowly or emulated)."""
+    updates: dict = {"runtime": resolve_runtime(workload.runtime, gpu).id}
+    if gpu.measured_local and "dtype" not in workload.model_fields_set and workload.dtype == "bf16":
+        updates["dtype"] = "fp32"
+    return workload.model_copy(update=updates)

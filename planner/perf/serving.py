@@ -49,6 +49,7 @@ class Rates(Doc):
     kernels_per_layer: int = Field(ge=1)
     kernels_fixed: int = Field(0, ge=0)
     overlap: bool = Field(description="host dispatch runs ahead of the device (GPU) instead of adding to it (CPU)")
+    fused_attention: bool = Field(True, description="attention runs as one fused kernel at the GEMM rates")
     source: str = Field(description="runtime profile and architecture, or the measurement they were fitted on")
 
 
@@ -155,7 +156,7 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
     for op, k in zip(ops, kernels):
         gemm = is_gemm(op.name)
         # GEMMs and fused attention (tensor cores, streaming K/V) run at the GEMM rates; small ops at `other`
-        fast = gemm or op.name in ("attn_scores", "attn_values")
+        fast = gemm or (rates.fused_attention and op.name in ("attn_scores", "attn_values"))
         e_c, e_m = (rates.compute, rates.memory) if fast else (rates.other, rates.other)
         if gemm and dtype == "fp8" and rates.compute_fp8:
             e_c = rates.compute_fp8

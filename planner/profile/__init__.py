@@ -48,8 +48,14 @@ def _gpu_spec(gpu):
     return get_gpu(gpu) if isinstance(gpu, str) else gpu
 
 
-def _project(shape, workload, gpu) -> RooflineEstimate:
+def _project(shape, workload, gpu, measured=None, device: str = "cpu") -> RooflineEstimate:
+    """The target's projection under the workload's runtime. On the local host the serving figures come from the
+    measurement when there is one (planner.perf.calibration), else from the runtime profile's CPU priors."""
+    import torch
+
     from planner.errors import InputError
+    from planner.perf.calibration import host_key, rates_from_measurement
+    from planner.perf.runtimes import resolve_runtime
     from planner.profile.peaks import measure_local_peaks
 
     if not gpu.measured_local:
@@ -57,7 +63,12 @@ def _project(shape, workload, gpu) -> RooflineEstimate:
     if workload.dtype not in LOCAL_DTYPES:
         raise InputError(f"target {gpu.id!r} runs the model through torch; dtype {workload.dtype!r} is not "
                          f"supported there (accepted: {', '.join(LOCAL_DTYPES)})")
-    return estimate(shape, workload, gpu, peaks=measure_local_peaks(workload.dtype))
+    rates = None
+    if measured is not None and measured.dtype == workload.dtype and workload.runtime:
+        runtime = resolve_runtime(workload.runtime, gpu)
+        key = host_key(device=device, threads=torch.get_num_threads(), runtime=runtime.id, dtype=workload.dtype)
+        rates = rates_from_measurement(measured, shape.num_layers, runtime, key)
+    return estimate(shape, workload, gpu, peaks=measure_local_peaks(workload.dtype), rates=rates)
 
 
 def _measure(source, shape, workload, *, device: str, local, decode_steps: int, repeats: int,
@@ -154,7 +165,9 @@ def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, t
     from planner.profile.schema import MemoryFacts, ModelInfo
     from planner.workload import Workload, require_positions
 
-    workload = workload or Workload()
+    from planner.perf.runtimes import for_target
+
+    workload = for_target(workload or Workload(), _gpu_spec(gpu))
     if repeats < 1:
         raise InputError(f"repeats must be at least 1 (got {repeats})")
     if decode_steps is not None and decode_steps < 1:
@@ -168,13 +181,13 @@ def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, t
     device = pick_device(device)
     local = describe_local_device(device)
 
-    projected = _project(shape, workload, gpu)
     measured, note = None, None
     if measure and source.has_weights:
         measured = _measure(source, shape, workload, device=device, local=local,
                             decode_steps=decode_steps or _default_decode_steps(workload), repeats=repeats,
                             trust_remote_code=trust_remote_code, on_step=on_step)
-    else:
+    projected = _project(shape, workload, gpu, measured, device)
+    if measured is None:
         note = ("config-only model: no weights, so nothing was measured; the projection needs only the config"
                 if not source.has_weights else "measurement skipped (--no-measure); projection only")
 
@@ -269,7 +282,9 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
 
     from planner.workload import Workload
 
-    workload = workload or Workload()
+    from planner.perf.runtimes import for_target
+
+    workload = for_target(workload or Workload(), _gpu_spec(gpu))
     key = cache_key(model_spec, gpu, workload, measure=measure, decode_steps=decode_steps, repeats=repeats,
                     device=device, threads=threads)
     path = profiles_cache_dir() / f"{key}.json"
@@ -304,11 +319,10 @@ def read_profile(path: str | Path) -> Profile:
     from planner.cli.common import format_validation_error
     from planner.errors import InputError
 
+    from planner.documents import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read profile {str(path)!r}: {exc.strerror or exc}") from None
+    text = read_text(path, "profile")  # a folder, a binary or unreadable file: InputError naming it
     try:
         return Profile.model_validate_json(text)
     except ValidationError as exc:

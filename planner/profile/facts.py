@@ -16,6 +16,7 @@ FACT_NAMES = (
     "mlp_time_share", "attn_proj_time_share", "attn_core_time_share", "lm_head_time_share", "mlp_flop_share",
     "weights_gb", "kv_cache_gb", "memory_headroom_frac", "fits_on_gpu", "prefill_ms_projected",
     "decode_ms_per_token_projected", "request_ms_projected", "non_model_share", "measured", "gqa", "num_layers",
+    "runtime", "runtime_cuda_graphs", "prefill_overhead_share", "decode_overhead_share", "overhead_bound",
 )
 
 
@@ -46,4 +47,21 @@ def profile_facts(profile: "Profile") -> dict[str, float | str | bool]:
         "measured": profile.measured is not None,
         "gqa": shape.num_kv_heads < shape.num_heads,
         "num_layers": float(shape.num_layers),
+        **_runtime_facts(proj),
+    }
+
+
+def _runtime_facts(proj) -> dict:
+    if proj.serving is None:
+        return {"runtime": None, "runtime_cuda_graphs": None, "prefill_overhead_share": None,
+                "decode_overhead_share": None, "overhead_bound": None}
+    from planner.perf.runtimes import get_runtime
+
+    dominant = proj.decode_bound if proj.dominant_phase == "decode" else proj.prefill_bound
+    return {
+        "runtime": proj.runtime,
+        "runtime_cuda_graphs": get_runtime(proj.runtime).cuda_graphs,
+        "prefill_overhead_share": proj.prefill_overhead_share,
+        "decode_overhead_share": proj.decode_overhead_share,
+        "overhead_bound": dominant == "overhead",
     }

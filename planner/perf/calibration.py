@@ -1,0 +1,162 @@
+"""This host's serving figures, from what was measured on it: the local profile, then `plan run` results.
+
+1. **From the profile** (`plan profile` / `plan` with `--gpu cpu`): the measured forward passes give this host's
+   achieved fractions of its measured peaks and its per-layer host time:
+
+   - memory efficiency = the decode GEMMs' roofline memory time / their measured time (weights stream once per step);
+   - compute efficiency = the prefill GEMMs' roofline math time / their measured time;
+   - host ms per layer = (measured decode step - its GEMM time - its attention at the memory rate) / layers: on a
+     CPU every other op of a step is dispatch-dominated;
+   - `other` efficiency = the non-GEMM ops' roofline time in prefill / what is left of the measured prefill.
+
+2. **From `plan run` results** (`plan calibrate results.json`, or automatically at the end of `plan run`): the dense
+   model's measured TTFT and TPOT through the runtime (generate() with its sampling and streamer) against the
+   projection of the same workload; the difference sets `step_ms` (per token) and `request_ms` (per request).
+   Stored in the cache (`cache_dir()/calibration/`), keyed by host, device, threads, runtime and dtype, with the
+   results file it came from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+
+from planner.perf.serving import Rates, is_gemm
+
+PROJECTION_CATEGORIES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                         "lm_head")
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+def _gemm_measured_ms(phase) -> float:
+    return sum(ms for category, ms in phase.by_category.items() if category in PROJECTION_CATEGORIES)
+
+
+def _phase_ms(phase) -> float:
+    """The phase's wall time without the profiler (median), else the profiled one."""
+    samples = phase.unprofiled_ms or phase.wall_ms
+    return statistics.median(samples) if samples else phase.total_ms
+
+
+def rates_from_measurement(measured, num_layers: int, runtime, key: dict | None = None) -> Rates:
+    """This host's Rates for `runtime` from a profile's Measured section (see the module docstring)."""
+    roof = measured.local_roofline
+    peak, bandwidth = roof.peak_flops, roof.bandwidth
+    dec_ops, pre_ops = roof.decode.ops, roof.prefill.ops
+
+    gemm_dec = _gemm_measured_ms(measured.decode)
+    mem_roof = sum(op.total_bytes for op in dec_ops if is_gemm(op.name)) / bandwidth * 1e3
+    memory = _clamp(mem_roof / gemm_dec, 0.02, 1.0) if gemm_dec > 0 else 0.5
+
+    gemm_pre = _gemm_measured_ms(measured.prefill)
+    math_roof = sum(op.total_flops for op in pre_ops if is_gemm(op.name)) / peak * 1e3
+    compute = _clamp(math_roof / gemm_pre, 0.02, 1.0) if gemm_pre > 0 else 0.5
+
+    attn_dec = sum(op.total_bytes for op in dec_ops if op.name in ("attn_scores", "attn_values")) / bandwidth * 1e3
+    host_total = max(0.0, _phase_ms(measured.decode) - gemm_dec - attn_dec / memory)
+    host_per_layer = host_total / max(1, num_layers)
+
+    rest = _phase_ms(measured.prefill) - gemm_pre - host_total
+    small_roof = sum(max(op.total_flops / peak, op.total_bytes / bandwidth) for op in pre_ops
+                     if not is_gemm(op.name)) * 1e3
+    other = _clamp(small_roof / rest, 0.005, 1.0) if rest > 0 else 1.0
+
+    priors = runtime.cpu or {}
+    step_ms, request_ms = float(priors.get("step_ms", runtime.step_ms)), float(priors.get("request_ms", 0.0))
+    source = f"measured on {measured.label} (profile: decode and prefill breakdown)"
+    stored = load_calibration(key) if key else None
+    if stored is not None:
+        step_ms, request_ms = stored["step_ms"], stored["request_ms"]
+        source += f"; per-step and per-request host time from {stored['source']}"
+    else:
+        source += f"; per-step host time: profiles/runtimes/{runtime.id}.yaml CPU prior (run `plan calibrate`)"
+    return Rates(runtime=runtime.id, memory=memory, compute=compute, other=other, host_ms_per_layer=host_per_layer,
+                 host_ms_fixed=0.0, step_ms=step_ms, request_ms=request_ms, kernel_floor_us=0.0,
+                 kernels_per_layer=runtime.kernels_per_layer, kernels_fixed=runtime.kernels_fixed, overlap=False,
+                 fused_attention=False, source=source)
+
+
+# -- the store -------------------------------------------------------------------------------------------------
+
+
+def host_key(*, device: str, threads: int | None, runtime: str, dtype: str) -> dict:
+    return {"host": platform.node(), "device": device, "threads": threads, "runtime": runtime, "dtype": dtype}
+
+
+def _path(key: dict) -> Path:
+    from planner.paths import cache_dir
+
+    name = "-".join(str(key[k]) for k in ("host", "device", "threads", "runtime", "dtype"))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cache_dir() / "calibration" / f"{safe}.json"
+
+
+def load_calibration(key: dict) -> dict | None:
+    path = _path(key)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key:
+        return None
+    try:
+        return {"step_ms": float(data["step_ms"]), "request_ms": float(data["request_ms"]),
+                "source": str(data["source"])}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def save_calibration(key: dict, *, step_ms: float, request_ms: float, source: str, evidence: dict) -> Path:
+    path = _path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"document": "planner-calibration", "version": 1, "key": key, "step_ms": step_ms, "request_ms": request_ms,
+           "source": source, "evidence": evidence,
+           "created_at": datetime.datetime.now().isoformat(timespec="seconds")}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def calibrate_from_results(results, results_path: str) -> dict:
+    """Fit this host's per-step and per-request host time from a run's dense measurement; store it; return it.
+
+    The projection to compare with is the run's own plan projection when it targeted this host (`--gpu cpu`); the
+    workload of the latency benchmark is re-projected from the run's cached profile."""
+    from planner.errors import InputError
+
+    dense = results.dense
+    latency = dense.latency if dense is not None else None
+    if latency is None or not latency.ttft_ms or not latency.tpot_ms:
+        raise InputError(f"{results_path}: the dense variant has no measured TTFT and TPOT to calibrate with")
+    plan = results.plan
+    if plan is None or plan.gpu != "cpu":
+        raise InputError(f"{results_path}: calibration needs a run of a plan made for --gpu cpu (this host); "
+                         f"this plan targets {getattr(plan, 'gpu', None)!r}")
+    predicted = plan.dense_predicted or {}
+    rates = plan.dense_rates
+    if rates is None or not predicted.get("tpot_ms") or not predicted.get("ttft_ms"):
+        raise InputError(f"{results_path}: the plan has no serving-model projection of the dense model "
+                         "(made by an older planner); make the plan again and re-run")
+    if latency.prompt_len != plan.workload.prompt_len or latency.gen_len != plan.workload.gen_len:
+        raise InputError(f"{results_path}: the latency benchmark ran {latency.prompt_len}+{latency.gen_len} tokens "
+                         f"but the plan projected {plan.workload.prompt_len}+{plan.workload.gen_len}; run with the "
+                         "plan's workload to calibrate")
+    step_ms = max(0.0, rates["step_ms"] + latency.tpot_ms - predicted["tpot_ms"])
+    first_token_delta = latency.ttft_ms - predicted["ttft_ms"] - (step_ms - rates["step_ms"])
+    request_ms = max(0.0, rates.get("request_ms", 0.0) + first_token_delta)
+    key = host_key(device=latency.device or "cpu", threads=latency.threads, runtime=latency.runtime,
+                   dtype=latency.dtype)
+    source = f"plan run results {results_path} (dense TTFT {latency.ttft_ms:.1f} ms, TPOT {latency.tpot_ms:.2f} ms)"
+    path = save_calibration(key, step_ms=step_ms, request_ms=request_ms, source=source,
+                            evidence={"measured_ttft_ms": latency.ttft_ms, "measured_tpot_ms": latency.tpot_ms,
+                                      "predicted_ttft_ms": predicted["ttft_ms"],
+                                      "predicted_tpot_ms": predicted["tpot_ms"]})
+    return {"key": key, "step_ms": step_ms, "request_ms": request_ms, "path": str(path), "source": source}
