@@ -20,15 +20,20 @@ METADATA_FILE = "planner.json"
 
 
 def export_model(model, tokenizer, folder: str | Path, metadata: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, scratch: str | Path | None = None) -> dict[str, Any]:
     """Save `model` (+ tokenizer) to `folder` as safetensors; return the metadata written (with
-    `parameters` and `file_bytes`)."""
+    `parameters` and `file_bytes`). The folder is built in `scratch` (default: beside it; same file system)."""
+    from planner.documents import umask
+
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise InputError(f"export folder {str(folder)!r} already exists; choose another or remove it")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    base = Path(scratch) if scratch is not None else folder.parent
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=base))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a checkpoint is for sharing
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -37,9 +37,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from planner.documents import show
 from planner.errors import InputError, did_you_mean
 from planner.paths import gpus_dir
 
@@ -54,7 +54,7 @@ _CITED_FIELDS = ("compute_capability", "memory_gb", "bandwidth_gb_s", "l2_mb", "
 class PeakTflops(BaseModel):
     """Dense peak throughput in TFLOPS (int8: TOPS); null where the GPU has no such path."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     fp32: float | None = Field(None, gt=0, description="FP32 without tensor cores (CUDA cores / vector units)")
     tf32: float | None = Field(None, gt=0)
@@ -67,7 +67,7 @@ class PeakTflops(BaseModel):
 class Sparse2to4(BaseModel):
     """Dtypes for which the hardware runs 2:4 semi-structured sparse matmuls faster than dense (up to 2x)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dtypes: list[Dtype] = Field(default_factory=list)
     note: str | None = None
@@ -76,7 +76,7 @@ class Sparse2to4(BaseModel):
 class Price(BaseModel):
     """An example on-demand price per GPU-hour; a list price on a date, not a quote."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     usd_per_hour: float = Field(gt=0, description="per GPU: instance price / GPUs in the instance")
     offering: str = Field(min_length=1, description="which public offering, e.g. 'AWS g5.xlarge, us-east-1'")
@@ -91,7 +91,7 @@ class Price(BaseModel):
 class GpuSpec(BaseModel):
     """One GPU of the catalog. Figures are datasheet peaks; `measured_local` specs are filled in by the profiler."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     version: int = 1
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -235,20 +235,17 @@ def _describe_error(err: dict, model: type[BaseModel]) -> str:
     if not loc:
         return message
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    return f"field {where!r}: {message}{shown}"
+    shown = "" if isinstance(got, dict) or got is None else f" (got {show(got)})"
+    return f"field {where[:120]!r}: {message[:300]}{shown}"
 
 
 def load_gpu_file(path: str | Path) -> GpuSpec:
     """Load and validate one GPU file; any problem raises InputError naming the file and the field."""
     path = Path(path)
     shown = _display(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot read GPU file: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(f"{shown}: not valid YAML: {exc}") from exc
+    from planner.documents import load_document
+
+    data = load_document(path, "GPU file", where=shown)  # binary, duplicate keys, non-finite numbers, alias bombs: InputError
     if not isinstance(data, dict):
         raise InputError(f"{shown}: a GPU file must be a mapping of fields (got {type(data).__name__})")
     try:

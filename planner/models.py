@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from planner.documents import show
 from planner.errors import InputError
 from planner.paths import cache_dir
 
@@ -79,8 +80,11 @@ def resolve_source(spec: str | None) -> ModelSource:
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
             return ModelSource("gguf", spec, convert_gguf(path), path.name)
-        if path.is_file() and path.name.endswith(".json"):
+        if path.is_file() and path.name == "config.json":
             return ModelSource("config-only", spec, path.parent, path.parent.name or str(path))
+        if path.is_file() and path.suffix == ".json":  # the folder's config.json would be read instead: refuse
+            raise InputError(f"model file {show(spec)} is not named config.json; a config-only model is a "
+                             "config.json file (or its folder) — rename or copy it to config.json")
         if path.is_dir():
             if not (path / "config.json").is_file():
                 ggufs = sorted(path.glob("*.gguf"))
@@ -92,7 +96,7 @@ def resolve_source(spec: str | None) -> ModelSource:
                 )
             kind: SourceKind = "folder" if _has_weights(path) else "config-only"
             return ModelSource(kind, spec, path, path.name)
-        raise InputError(f"model path {spec!r} is neither a folder, a .gguf file nor a config .json file")
+        raise InputError(f"model path {show(spec)} is neither a folder, a .gguf file nor a config.json file")
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".json")) or spec.count("/") > 1
     if looks_like_path:
         raise InputError(f"model path {spec!r} does not exist")
@@ -115,6 +119,48 @@ def _from_hub_cache(repo_id: str) -> ModelSource:
         raise InputError(f"cached hub model {repo_id!r} at {folder} has no config.json")
     kind: SourceKind = "hub-cache" if _has_weights(folder) else "config-only"
     return ModelSource(kind, repo_id, folder, repo_id)
+
+
+# -- identity: which model a plan was made for ------------------------------------------------------------------
+
+
+def model_identity(spec: str) -> tuple[str, dict[str, Any]] | None:
+    """(absolute path, fingerprint) of a --model that names a local path; None for hub ids and the default."""
+    path = Path(spec).expanduser() if spec else None
+    if path is None or not path.exists():
+        return None
+    return str(path.resolve()), fingerprint(path)
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies a local model cheaply: the sha256 of its config.json and the names and sizes of its weight
+    files (or of the .gguf file)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return {"weights": {path.name: path.stat().st_size}}
+        return {"config_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    found: dict[str, Any] = {}
+    config = path / "config.json"
+    if config.is_file():
+        found["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    weights = sorted({f for g in (*_WEIGHT_GLOBS, "*.gguf") for f in path.glob(g) if f.is_file()})
+    found["weights"] = {f.name: f.stat().st_size for f in weights}
+    return found
+
+
+def check_identity(model_path: str, expected: dict[str, Any]) -> None:
+    """Refuse a model that is gone or changed since the plan was made for it."""
+    path = Path(model_path)
+    if not path.exists():
+        raise InputError(f"the plan's model {show(model_path)} no longer exists; make the plan again with "
+                         "`plan --model ...`")
+    found = fingerprint(path)
+    if found != expected:
+        what = [k for k in ("config_sha256", "weights") if found.get(k) != expected.get(k)]
+        raise InputError(f"the model at {show(model_path)} changed since the plan was made ("
+                         f"{' and '.join('config.json' if k == 'config_sha256' else 'weight files' for k in what)}"
+                         " differ); make the plan again for this model")
 
 
 # -- GGUF conversion cache -----------------------------------------------------------------------------------
@@ -142,6 +188,9 @@ def convert_gguf(path: Path) -> Path:
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        from planner.documents import umask
+
+        os.chmod(tmp, 0o777 & ~umask())
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -180,12 +229,59 @@ def load_config(spec: str | None = None, trust_remote_code: bool = False):
 def _config_from(source: ModelSource, trust_remote_code: bool):
     from transformers import AutoConfig
 
+    from planner.documents import read_text
+
+    from types import SimpleNamespace
+
+    from planner.documents import parse_json
+
+    name = show(source.spec or source.name)
+    config_file = source.path / "config.json"
+    raw = parse_json(read_text(config_file, "model config"), f"model config {show(str(config_file))}")
+    if not isinstance(raw, dict):
+        raise InputError(f"model config {show(str(config_file))} must hold a JSON object of fields")
+    check_config(SimpleNamespace(**{str(k): v for k, v in raw.items()}), name)  # before transformers divides by it
     try:
-        return AutoConfig.from_pretrained(str(source.path), trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        raise InputError(f"cannot read the config of {source.spec or source.name!r}: {exc}") from None
+        config = AutoConfig.from_pretrained(str(source.path), trust_remote_code=trust_remote_code)
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read config.json of {source.spec or source.name!r}: {exc}") from None
+        raise InputError(f"cannot read config.json of {name}: {str(exc)[:300]}") from None
+    except Exception as exc:  # transformers' own validation of the fields (types, divisibility, ...)
+        raise InputError(f"cannot read the config of {name}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    check_config(config, name)
+    return config
+
+
+def check_config(config, name: str) -> None:
+    """Refuse a config no real model has: sizes that are not positive integers, heads that do not divide the
+    width (without an explicit head_dim), query heads that are not a multiple of the KV heads."""
+    from planner.arch import get_adapter
+
+    try:
+        adapter = get_adapter(config)
+    except InputError:
+        return  # an unsupported family is reported where a stage needs its adapter
+    fields = {"layers": adapter.cfg_layers, "hidden size": adapter.cfg_hidden, "heads": adapter.cfg_heads,
+              "KV heads": adapter.cfg_kv_heads, "intermediate size": adapter.cfg_intermediate,
+              "vocabulary size": "vocab_size", "head_dim": "head_dim", "positions": "max_position_embeddings"}
+    values: dict[str, int] = {}
+    required = ("layers", "hidden size", "heads", "vocabulary size")
+    for label, attr in fields.items():
+        value = getattr(config, attr, None) if attr else None
+        if value is None:
+            if label in required:
+                raise InputError(f"config of {name}: {attr} is missing (accepted: an integer >= 1)")
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"config of {name}: {attr} = {show(value)} is not a valid {label} "
+                             "(accepted: an integer >= 1)")
+        values[label] = value
+    heads, kv = values["heads"], values.get("KV heads", values["heads"])
+    if heads % kv:
+        raise InputError(f"config of {name}: {heads} attention heads are not a multiple of {kv} KV heads "
+                         "(accepted: num_attention_heads divisible by num_key_value_heads)")
+    if "head_dim" not in values and values["hidden size"] % heads:
+        raise InputError(f"config of {name}: hidden size {values['hidden size']} is not divisible by {heads} "
+                         "heads (accepted: a multiple of the head count, or an explicit head_dim)")
 
 
 TORCH_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",

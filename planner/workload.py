@@ -60,7 +60,7 @@ DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}
 class Workload(BaseModel):
     """What one deployment serves. Times of work outside the model are per request, in milliseconds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or inf would be written as null
     version: int = 1
     prompt_len: int = Field(512, ge=1, le=1_048_576, description="prompt tokens per request")
     gen_len: int = Field(128, ge=1, le=1_048_576, description="generated tokens per request")
@@ -71,10 +71,15 @@ class Workload(BaseModel):
     queueing_ms: float = Field(0.0, ge=0)
     tokenization_ms: float = Field(0.0, ge=0)
     network_ms: float = Field(0.0, ge=0)
+    runtime: str | None = Field(None, description="serving runtime (profiles/runtimes/); None: the target's default")
 
     def model_post_init(self, __context) -> None:
         if self.dtype not in DTYPES:
             raise InputError(did_you_mean(self.dtype, DTYPES, "dtype"))
+        if self.runtime is not None:
+            from planner.perf.runtimes import get_runtime
+
+            self.runtime = get_runtime(self.runtime).id  # an alias becomes the id; unknown names are bad input
 
     @property
     def dtype_bytes(self) -> float:
@@ -88,7 +93,7 @@ class Workload(BaseModel):
 class QualityBudget(BaseModel):
     """How much quality the user will trade."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or inf would be written as null
     max_ppl_increase: float = Field(0.10, ge=0, description="relative held-out perplexity increase, 0.10 = +10%")
     max_kl: float | None = Field(None, ge=0)
 

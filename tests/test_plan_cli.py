@@ -32,13 +32,37 @@ def run(args, capsys):
     return code, out.out, " ".join(out.err.split())
 
 
-def test_plan_writes_a_ranked_explained_plan(tmp_path, tiny_ckpt, capsys):
+LLAMA2_7B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+    "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+
+
+def test_tiny_model_is_overhead_bound_so_nothing_is_pruned(tmp_path, tiny_ckpt, capsys):
+    """A model of a few thousand parameters on an A100: every step is per-step overhead; no cut gains anything."""
     out = tmp_path / "plan.json"
     code, stdout, err = run(["--goal", "p95-latency", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-measure",
                              "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
     assert code == 0, err
     plan = load_plan(out)
-    assert plan.model == str(tiny_ckpt) and plan.goal.value == "p95-latency" and plan.gpu == "a100-80gb-sxm"
+    assert plan.verdict.action == "dont_prune" and not plan.candidates
+    assert plan.facts["overhead_bound"] is True and plan.facts["decode_bound"] == "overhead"
+    assert any("overhead-bound" in r for rej in plan.rejected for r in rej.rules)
+
+
+def test_plan_writes_a_ranked_explained_plan(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    model = tmp_path / "llama-2-7b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA2_7B_CONFIG))
+    out = tmp_path / "plan.json"
+    code, stdout, err = run(["--goal", "p95-latency", "--gpu", "a100", "--model", str(model), "--no-measure",
+                             "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert plan.model_path == str(model.resolve()) or plan.model == str(model)
+    assert plan.goal.value == "p95-latency" and plan.gpu == "a100-80gb-sxm"
     assert plan.budget.max_ppl_increase == 0.5 and plan.workload.dtype == "bf16"
     assert plan.verdict.action == "prune" and plan.candidates
     assert "not_measured" in plan.profile or "measured" not in plan.profile
@@ -157,5 +181,11 @@ def test_main_job_on_the_embedded_model(tmp_path, embedded_path, capsys, monkeyp
     assert plan.profile.get("model_parameters") == 134_515_008
     assert "measured" in plan.profile  # the local measurement stands beside the projection
     assert plan.facts["num_layers"] == 30 and plan.facts["gqa"] is True
-    assert plan.candidates and plan.candidates[0].basis == "projected to a100-80gb-sxm (roofline model)"
+    assert plan.workload.runtime == "vllm" and plan.facts["runtime"] == "vllm"
+    assert plan.dense_rates["runtime"] == "vllm" and set(plan.dense_by_runtime) >= {"vllm", "hf-eager"}
+    # a 135M model at batch 1 is overhead-bound under vLLM: no width or byte cut is ranked
+    assert plan.facts["overhead_bound"] is True
+    assert all(c.prune.kind == "layers" for c in plan.candidates)
+    for c in plan.candidates:
+        assert c.basis == "projected to a100-80gb-sxm (serving-stack model, vllm)"
     assert "ranked candidates" in stdout and "verdict:" in stdout

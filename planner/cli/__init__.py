@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from planner import __version__
-from planner.errors import GateFailed, InputError
+from planner.errors import OS_INPUT_ERRORS, GateFailed, InputError, RunIncomplete
 
 # subcommand name -> module in planner.cli
 SUBCOMMANDS = {
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from planner.cli._out import err_console, escape
+    from planner.documents import bounded, show
 
     try:
         if args.command is None:
@@ -72,13 +73,23 @@ def main(argv: list[str] | None = None) -> int:
 
             return int(plan_cmd.run_main(args) or 0)
         return int(args.func(args) or 0)
-    except InputError as exc:
-        err_console().print(f"[bold red]error:[/] {escape(str(exc))}")
+    except (InputError, RunIncomplete) as exc:
+        err_console().print(f"[bold red]error:[/] {escape(bounded(str(exc)))}")
         return exc.exit_code
     except GateFailed as exc:
         if str(exc):
-            err_console().print(f"[bold red]gate failed:[/] {escape(str(exc))}")
+            err_console().print(f"[bold red]gate failed:[/] {escape(bounded(str(exc)))}")
         return exc.exit_code
+    except OSError as exc:
+        # a destination or source the OS refuses (permissions, a full disk, a read-only file system) is bad input
+        # to fix, not a crash; exit 1 would read as "gate failed" to CI
+        if exc.errno is None or exc.errno not in OS_INPUT_ERRORS:
+            raise
+        where = f" {show(str(exc.filename))}" if exc.filename else ""
+        err_console().print(f"[bold red]error:[/] cannot use{escape(where)}: "
+                            f"{escape(OS_INPUT_ERRORS[exc.errno])} (accepted: a readable source and a writable "
+                            "destination)")
+        return InputError.exit_code
     except KeyboardInterrupt:
         err_console().print("interrupted")
         return 130

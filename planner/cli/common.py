@@ -18,14 +18,13 @@ def add_workload_arguments(p) -> None:
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 1)")
     p.add_argument("--dtype", default=None, help="serving dtype on the target GPU: fp32, bf16, fp16, fp8, int8")
     p.add_argument("--workload", default=None, help="workload YAML/JSON file (flags override its fields)")
+    p.add_argument("--runtime", default=None,
+                   help="serving stack the projection is for: vllm, hf-eager, hf-compile, tensorrt-llm "
+                        "(default: vllm for a GPU target, hf-eager for --gpu cpu; see profiles/runtimes/)")
 
 
 def workload_from_args(args):
     """Build a Workload from --workload FILE and the individual flags; errors name the bad value."""
-    import json
-    from pathlib import Path
-
-    import yaml
     from pydantic import ValidationError
 
     from planner.errors import InputError
@@ -33,17 +32,10 @@ def workload_from_args(args):
 
     data: dict = {}
     if getattr(args, "workload", None):
-        path = Path(args.workload)
-        if not path.is_file():
-            raise InputError(f"workload file {args.workload!r} does not exist")
-        try:
-            text = path.read_text()
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise InputError(f"workload file {args.workload!r} is not valid YAML/JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"workload file {args.workload!r} must hold a mapping of fields")
-    for field in ("prompt_len", "gen_len", "batch_size", "concurrency", "dtype"):
+        from planner.documents import load_mapping
+
+        data = load_mapping(args.workload, "workload file", ", ".join(Workload.model_fields))
+    for field in ("prompt_len", "gen_len", "batch_size", "concurrency", "dtype", "runtime"):
         value = getattr(args, field, None)
         if value is not None:
             data[field] = value
@@ -54,7 +46,9 @@ def workload_from_args(args):
 
 
 def format_validation_error(exc) -> str:
-    """One line per pydantic error: 'field: message (got value)'."""
+    """One line per pydantic error: 'field: message (got value)', every value and the count bounded."""
+    from planner.documents import show
+
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(root)"
@@ -62,5 +56,6 @@ def format_validation_error(exc) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"{loc}: {msg}" + (f" (got {got!r})" if got is not None and e["type"] != "extra_forbidden" else ""))
-    return "; ".join(parts)
+        shown = f" (got {show(got)})" if got is not None and e["type"] != "extra_forbidden" else ""
+        parts.append(f"{loc[:120]}: {msg[:300]}{shown}")
+    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")

@@ -37,21 +37,34 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from pathlib import Path
+MARKDOWN_MARK = "<!-- written by planner gate -->\n"  # how a later --markdown knows the file is one of its own
 
+
+def is_gate_markdown(path) -> bool:
+    from planner.documents import starts_with
+
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 200))
+        tail = f.read()
+    return MARKDOWN_MARK.encode() in tail or starts_with(path, MARKDOWN_MARK.encode(), 200)
+
+
+def run(args) -> int:
     from planner.cli._out import console, print_json
+    from planner.documents import check_output, write_atomic
     from planner.errors import GateFailed, InputError
     from planner.gate import check_gate, load_policy, to_markdown, verdict_line
     from planner.gate.summary import print_table
-    from planner.run.results import load_results, write_atomic
+    from planner.run.results import load_results
 
+    if args.markdown == "-" and args.json:
+        raise InputError("--markdown - and --json both want stdout; write the Markdown to a file instead")
+    if args.markdown and args.markdown != "-":  # before any work: never a user's file, nor results.json itself
+        check_output(args.markdown, "gate summary", is_gate_markdown, "gate.md")
     policy = load_policy(args.policy)
     results = load_results(args.results)
     report = check_gate(results, policy, variant=args.variant, results_path=str(args.results),
                         policy_path=str(args.policy))
-    if args.markdown == "-" and args.json:
-        raise InputError("--markdown - and --json both want stdout; write the Markdown to a file instead")
     if args.json:
         print_json(report)
     elif args.markdown == "-":
@@ -61,10 +74,7 @@ def run(args) -> int:
     else:
         print_table(report, console())
     if args.markdown and args.markdown != "-":
-        out = Path(args.markdown)
-        if out.is_dir():
-            raise InputError(f"--markdown {args.markdown!r} is a folder; give a file path such as gate.md")
-        write_atomic(out, to_markdown(report))
+        write_atomic(args.markdown, to_markdown(report) + MARKDOWN_MARK, what="gate summary")
     if not report.passed:
         raise GateFailed(verdict_line(report).removeprefix("FAIL: "))
     return 0

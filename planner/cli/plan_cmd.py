@@ -98,8 +98,9 @@ def make_plan(args):
     notes = [n for n in (gpu_note, dtype_note) if n]
     if notes:
         plan = plan.model_copy(update={"notes": notes + plan.notes})
-    from planner.decide.plan import save_plan
+    from planner.decide.plan import save_plan, with_model_identity
 
+    plan = with_model_identity(plan)  # what is printed is what is saved
     path = save_plan(plan, out)
     return plan, path, time.perf_counter() - started
 

@@ -26,15 +26,11 @@ def heldout_text() -> str:
 
 def read_text_files(paths) -> str:
     """User-supplied text files joined; a missing or unreadable file is an InputError naming it."""
+    from planner.documents import read_text
+
     parts = []
     for p in paths:
-        path = Path(p).expanduser()
-        if not path.is_file():
-            raise InputError(f"text file {str(p)!r} does not exist or is not a file")
-        try:
-            parts.append(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"text file {str(p)!r} is not UTF-8 text") from None
+        parts.append(read_text(Path(p).expanduser(), "text file", max_bytes=2**31))  # folder, binary, non-UTF-8: InputError
     text = "\n\n".join(parts)
     if not text.strip():
         raise InputError(f"text files {', '.join(map(str, paths))} are empty")

@@ -181,15 +181,24 @@ def is_plan_file(path: str | Path) -> bool:
 def save_plan(plan: Plan, path: str | Path) -> Path:
     """Write plan.json atomically. An existing file is replaced only if it is a plan itself."""
     from planner.documents import check_output, write_atomic
-    from planner.models import model_identity
 
     path = check_output(path, "plan", is_plan_file, "plan.json")
-    if plan.model and not plan.model_path:  # a relative --model must not mean another model from another folder
-        identity = model_identity(plan.model)
-        if identity is not None:
-            plan = plan.model_copy(update={"model_path": identity[0], "model_fingerprint": identity[1]})
-    return write_atomic(path, plan.model_dump_json(indent=2) + "\n", what="plan")
+    return write_atomic(path, with_model_identity(plan).model_dump_json(indent=2) + "\n", what="plan")
+
+
+def with_model_identity(plan: Plan) -> Plan:
+    """The plan with the absolute path and fingerprint of a --model that names a local path, so that `plan run`
+    from another folder, or after the model changed, cannot silently run a different model."""
+    from planner.models import model_identity
+
+    if not plan.model or plan.model_path:
+        return plan
+    identity = model_identity(plan.model)
+    if identity is None:
+        return plan
+    return plan.model_copy(update={"model_path": identity[0], "model_fingerprint": identity[1]})
 
 
 __all__ = ["Plan", "Candidate", "Rejected", "Verdict", "LeverAdvice", "load_plan", "save_plan", "parse_plan",
+           "with_model_identity",
            "PLAN_VERSION"]

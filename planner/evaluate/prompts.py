@@ -18,7 +18,6 @@ The shipped sets are in `planner/evaluate/prompts/` (see SOURCES.md there).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -59,24 +58,21 @@ class PromptSet(BaseModel):
 
 def load_prompt_file(path: str | Path, name: str | None = None, source: str = "user") -> PromptSet:
     """Read a JSONL prompt file; a bad line is an InputError naming the file, the line and the field."""
+    from planner.documents import parse_json, read_text
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"prompt file {str(path)!r} does not exist")
     prompts: list[Prompt] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"prompt file {str(path)!r} is not UTF-8 text") from None
+    lines = read_text(path, "prompt file").splitlines()  # a folder, binary or non-UTF-8 file: InputError
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{where}: not a JSON object ({exc}); expected one object per line "
-                             '{"id": ..., "prompt": ..., "gold": ...}') from None
+            data = parse_json(line, where)
+        except InputError as exc:
+            raise InputError(f"{where}: not a JSON object ({str(exc).removeprefix(where + ': ')}); expected one "
+                             'object per line {"id": ..., "prompt": ..., "gold": ...}') from None
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a JSON object per line, got {type(data).__name__}")
         data.setdefault("id", f"line-{number}")
@@ -88,7 +84,7 @@ def load_prompt_file(path: str | Path, name: str | None = None, source: str = "u
             raise InputError(f"{where}: {describe_errors(exc)} (accepted fields: "
                              f"{', '.join(Prompt.model_fields)})") from None
         if prompt.id in seen:
-            raise InputError(f"{where}: prompt id {prompt.id!r} repeats")
+            raise InputError(f"{where}: prompt id {prompt.id[:80]!r} repeats")
         seen.add(prompt.id)
         prompts.append(prompt)
     if not prompts:

@@ -48,6 +48,7 @@ class GateReport(BaseModel):
     measured_on: str
     variants: list[str]
     rows: list[GateRow]
+    warnings: list[str] = []  # e.g. results.json's latency samples differ from the run's own stage file
 
     @computed_field
     @property
@@ -181,4 +182,37 @@ def check_gate(results, policy: GatePolicy, *, variant: str | None = None, resul
                                 note="the results hold no pruned variant"))
     return GateReport(results_path=results_path, policy_path=policy_path, goal=results.plan.goal,
                       target_gpu=results.plan.gpu, measured_on=results.provenance.device.label,
-                      variants=[v.name for v in chosen], rows=rows)
+                      variants=[v.name for v in chosen], rows=rows,
+                      warnings=cross_check_latency(results, results_path))
+
+
+def cross_check_latency(results, results_path: str | None) -> list[str]:
+    """Compare results.json's latency samples with the run folder's stages/latency.json (what the benchmark
+    wrote); a difference means one of them was edited or copied from another run, and is said."""
+    import json
+    from pathlib import Path
+
+    from planner.run.results import _same
+
+    folders = [Path(results_path).parent] if results_path else []
+    folders.append(Path(results.provenance.run_dir))
+    stage = next((f / "stages" / "latency.json" for f in folders if (f / "stages" / "latency.json").is_file()), None)
+    if stage is None:
+        return []
+    try:
+        recorded = json.loads(stage.read_text(encoding="utf-8"))["output"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"the run's latency stage file {str(stage)!r} is unreadable; the latency samples in the results "
+                "could not be cross-checked"]
+    differ = []
+    for v in results.variants:
+        mine = v.latency.model_dump(mode="json") if v.latency is not None else None
+        theirs = recorded.get(v.name) if isinstance(recorded, dict) else None
+        keys = ("samples_ms", "ttft_samples_ms", "tpot_samples_ms")
+        if (mine is None) != (theirs is None) or (
+                mine is not None and not all(_same(mine.get(k), (theirs or {}).get(k)) for k in keys)):
+            differ.append(v.name)
+    if not differ:
+        return []
+    return [f"latency samples of {', '.join(differ)} differ from the run's stage file {str(stage)!r}: the results "
+            "were edited or come from another run"]

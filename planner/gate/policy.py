@@ -21,7 +21,6 @@ missing from the results fails: a gate never passes silently.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,7 @@ SliceThreshold = float | dict[str, float]
 
 
 class GatePolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     version: int = POLICY_VERSION
     variant: str = Field("best", min_length=1, description='"best" (top-ranked pruned variant), "all", or a name')
@@ -92,23 +91,12 @@ def per_slice(threshold: SliceThreshold) -> dict[str, float]:
 def load_policy(path: str | Path) -> GatePolicy:
     """Read a gate policy (YAML or JSON); a missing or malformed file, an unknown key or a bad value is an
     InputError naming it."""
-    import yaml
-
     from planner.cli.common import format_validation_error
+    from planner.documents import load_mapping, show
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"gate policy {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"gate policy {str(path)!r} is not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"gate policy {str(path)!r} must hold a mapping of thresholds "
-                         f"(accepted keys: version, variant, {', '.join(THRESHOLD_FIELDS)})")
+    data = load_mapping(path, "gate policy", f"version, variant, {', '.join(THRESHOLD_FIELDS)}")
     try:
         return GatePolicy.model_validate(data)
     except ValidationError as exc:
-        raise InputError(f"gate policy {str(path)!r} is invalid: {format_validation_error(exc)} "
+        raise InputError(f"gate policy {show(str(path))} is invalid: {format_validation_error(exc)} "
                          f"(accepted keys: version, variant, {', '.join(THRESHOLD_FIELDS)})") from None

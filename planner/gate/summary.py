@@ -72,6 +72,7 @@ def to_markdown(report: GateReport) -> str:
         subject = _md(r.subject) + (f" <br>*{_md(r.note)}*" if r.note else "")
         lines.append(f"| `{r.check}`: {subject} | {_md(r.variant)} | {format_value(r.measured, r.unit)} "
                      f"| {format_threshold(r)} | {STATUS_MARK[r.status]} |")
+    lines += [f"> **Warning:** {_md(w)}" for w in report.warnings]
     lines += ["", "A check whose figure is missing from the results fails. Speedups are measured, not projected."]
     if report.results_path:
         lines.append(f"Results: `{report.results_path.replace('`', '')}`")
@@ -99,5 +100,7 @@ def print_table(report: GateReport, console) -> None:
     console.print(table)
     console.print(f"figures measured on {escape(report.measured_on)}; goal {escape(report.goal)}, "
                   f"target GPU {escape(report.target_gpu)}")
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
     style = "bold green" if report.passed else "bold red"
     console.print(f"[{style}]{escape(verdict_line(report))}[/]")

@@ -10,7 +10,6 @@ names, prompts and paths are user data and appear as text.
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 
 from planner.errors import InputError
@@ -102,16 +101,18 @@ def render_report(results, out_path: str | Path, profile=None, plan=None) -> Pat
     """Write the report to `out_path` (atomically) and return the path."""
     from planner.run.results import write_atomic
 
-    out = Path(out_path)
-    if out.is_dir():
-        raise InputError(f"report output {str(out)!r} is a folder; give a file path such as report.html")
+    from planner.documents import check_output
+
+    out = check_output(out_path, "report", is_report_file, "report.html")  # never a user's file, nor results.json
     html = render_html(results, profile=profile, plan=plan)
-    path = write_atomic(out, html)
-    # the temporary file was private (0600); a report is for sharing: the usual mode under the user's umask
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
+    return write_atomic(out, html, what="report")
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether `path` is an HTML report this tool wrote (its generator tag says so)."""
+    from planner.documents import starts_with
+
+    return starts_with(path, b'<meta name="generator" content="planner ')
 
 
 __all__ = ["render_report", "render_html", "find_beside"]

@@ -148,8 +148,11 @@ def load_plan(plan):
 # -- results -----------------------------------------------------------------------------------------------------
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the measured values; None (not measured) when there are none. A slice that compared no
+    position (every prompt too long for the model) has no KL and is left out, not counted as zero."""
+    measured = [v for v in values if v is not None]
+    return sum(measured) / len(measured) if measured else None
 
 
 def variant_rows(results) -> list[dict[str, Any]]:
@@ -188,7 +191,7 @@ def variant_rows(results) -> list[dict[str, Any]]:
             "user_text_ppl": q.user_text_ppl if q else None,
             "ppl_delta": ppl_delta,
             "mean_kl": _mean([s.kl for s in slices]),
-            "min_top1": min((s.top1_agreement for s in slices), default=None),
+            "min_top1": min((s.top1_agreement for s in slices if s.top1_agreement is not None), default=None),
             "mean_exact_match": _mean(ems),
             "latency": lat,
             "goal_value": goal_value,

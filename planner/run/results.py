@@ -14,15 +14,13 @@ recomputed and checked, so a hand-edited percentile is an error instead of a sil
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
+from planner.documents import show, write_atomic
 from planner.errors import InputError
 from planner.prune.specs import PruneSpec
 from planner.recover.specs import RecoverySpec
@@ -76,7 +74,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -229,13 +227,16 @@ class SliceAgreement(_Doc):
 
 
 class Quality(_Doc):
-    heldout_ppl: float
+    heldout_ppl: float = Field(gt=0)  # exp(mean NLL): positive by definition
     heldout_nll: float
-    heldout_tokens: int
-    seq_len: int
-    user_text_ppl: float | None = None
-    user_text_tokens: int | None = None
+    heldout_tokens: int = Field(ge=0)
+    seq_len: int = Field(ge=1)
+    user_text_ppl: float | None = Field(None, gt=0)
+    user_text_tokens: int | None = Field(None, ge=0)
     slices: dict[str, SliceAgreement] = Field(default_factory=dict)
+
+
+Millis = Annotated[float, Field(ge=0)]  # a measured duration
 
 
 class Latency(_Doc):
@@ -244,14 +245,14 @@ class Latency(_Doc):
     measured_on: str  # DeviceInfo.label
     runtime: str  # "hf-eager", "hf-compile", "vllm"
     dtype: str
-    prompt_len: int
-    gen_len: int
-    batch_size: int
-    warmup: int
-    samples_ms: list[float]  # end-to-end per request (one generate call of batch_size sequences)
-    ttft_samples_ms: list[float] = Field(default_factory=list)  # prefill + first token
-    tpot_samples_ms: list[float] = Field(default_factory=list)  # (end - first token) / (gen_len - 1)
-    peak_memory_bytes: int | None = None
+    prompt_len: int = Field(ge=1)
+    gen_len: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    samples_ms: list[Millis]  # end-to-end per request (one generate call of batch_size sequences)
+    ttft_samples_ms: list[Millis] = Field(default_factory=list)  # prefill + first token
+    tpot_samples_ms: list[Millis] = Field(default_factory=list)  # (end - first token) / (gen_len - 1)
+    peak_memory_bytes: int | None = Field(None, ge=0)
     peak_memory_kind: str | None = None  # "process-peak-rss" (CPU), "cuda-max-allocated"
 
     @computed_field
@@ -405,53 +406,28 @@ def describe_errors(exc: ValidationError) -> str:
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         if e["type"] != "extra_forbidden" and isinstance(got, (str, int, float, bool)):
-            msg += f" (got {got!r})"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+            msg += f" (got {show(got)})"
+        parts.append(f"{loc[:120]}: {msg[:300]}")
+    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
 
 
 def load_results(path: str | Path) -> Results:
     """Read results.json; a missing, corrupt, hand-edited or unknown-version file is an InputError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"results file {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"results file {str(path)!r} is not valid JSON: {exc}") from None
+    from planner.documents import parse_json, read_text
+
+    shown = show(str(path))
+    data = parse_json(read_text(path, "results file"), f"results file {shown}")
     if not isinstance(data, dict):
-        raise InputError(f"results file {str(path)!r} must hold a JSON object")
+        raise InputError(f"results file {shown} must hold a JSON object (a results.json written by `plan run`)")
     try:
         return Results.model_validate(data)
     except ValidationError as exc:
-        raise InputError(f"results file {str(path)!r} is not a valid results document: "
+        raise InputError(f"results file {shown} is not a valid results document: "
                          f"{describe_errors(exc)}") from None
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:  # a figure computed from bad data
+        raise InputError(f"results file {shown} is not a valid results document: {str(exc)[:300]}") from None
 
 
-def save_results(results: Results, path: str | Path) -> Path:
+def save_results(results: Results, path: str | Path, scratch: str | Path | None = None) -> Path:
     """Write results.json atomically (temporary file + rename)."""
-    return write_atomic(path, results.model_dump_json(indent=2))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write text to path so that a reader (or a crash) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a result file is for sharing
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, results.model_dump_json(indent=2), what="results", scratch=scratch)

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from planner.errors import InputError, did_you_mean
+from planner.errors import InputError, RunIncomplete, did_you_mean
 from planner.run.results import (CandidateSummary, PlanSummary, Provenance, Quality, RecoveryInfo, Results, Size,
                                  StageTiming, Variant, save_results, write_atomic)
 
@@ -122,10 +122,14 @@ def select_candidates(plan, candidate: int | None, all_top: int | None) -> list:
 # -- the run folder ---------------------------------------------------------------------------------------------
 
 
+SCRATCH = ".planner-partial"  # the run's own temporaries, and nothing else: the only place a resume cleans
+
+
 class RunFolder:
     def __init__(self, root: Path):
         self.root = root
         self.stages = root / "stages"
+        self.scratch = root / SCRATCH
 
     def relative(self, path: Path) -> str:
         """Stage outputs name files relative to the run folder, so a moved folder still resumes."""
@@ -141,23 +145,33 @@ class RunFolder:
         return self.marker(stage).is_file()
 
     def read(self, stage: str) -> dict[str, Any]:
+        from planner.documents import parse_json, read_text
+
+        marker = self.marker(stage)
+        fix = f"; delete {str(marker)!r} to redo that stage"
         try:
-            return json.loads(self.marker(stage).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"stage output {str(self.marker(stage))!r} is unreadable ({exc}); "
-                             "delete it to redo that stage") from None
+            record = parse_json(read_text(marker, "stage output"), f"stage output {str(marker)!r}")
+        except InputError as exc:
+            raise InputError(f"{exc}{fix}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("output"), dict):
+            raise InputError(f"stage output {str(marker)!r} is not a finished stage record{fix}")
+        return record
 
     def write(self, stage: str, seconds: float, output: dict[str, Any]) -> None:
         record = {"stage": stage, "seconds": seconds, "finished_at": _now(), "output": output}
-        write_atomic(self.marker(stage), json.dumps(record, indent=1, default=str))
+        self.write_text(self.marker(stage), json.dumps(record, indent=1, default=str))
+
+    def write_text(self, path: Path, text: str) -> Path:
+        return write_atomic(path, text, what="run file", scratch=self.scratch)
+
+    def finished_stages(self) -> list[Path]:
+        return sorted(self.stages.glob("*.json")) if self.stages.is_dir() else []
 
     def clean_partial(self) -> None:
-        """Remove temporaries a hard kill (not Ctrl-C) may have left; finished outputs are never temporaries."""
-        for tmp in list(self.root.rglob(".*tmp*")):
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
+        """Remove the temporaries a hard kill (not Ctrl-C) may have left. The tool writes every temporary of a run
+        under its own scratch folder, so nothing else in the run folder (or below it) is ever deleted."""
+        if self.scratch.is_dir() and not self.scratch.is_symlink():
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def default_run_dir(plan_path: Path, plan_sha: str, ranks: list[int]) -> Path:
@@ -183,6 +197,7 @@ class Runner:
         self._prompt_sets = None
         self._tokens: dict[str, list[int]] = {}
         self._teacher_logits: dict = {}  # the teacher's logits along its continuations, shared by every student
+        self.model_spec = plan_model_spec(plan)
 
     # -- shared inputs, loaded on first use (a resumed run may not need them) --
 
@@ -191,7 +206,7 @@ class Runner:
         if self._dense is None:
             from planner.models import load_model
 
-            self._dense = load_model(self.plan.model or None, dtype="fp32", device=self.device)
+            self._dense = load_model(self.model_spec, dtype="fp32", device=self.device)
         return self._dense
 
     @property
@@ -290,7 +305,7 @@ class Runner:
         details = _jsonable(result.details)
         meta = {"planner_stage": "prune", "prune": cand.prune.model_dump(mode="json"),
                 "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
-        exported = export_model(model, self.tokenizer, out_dir, meta, overwrite=True)
+        exported = export_model(model, self.tokenizer, out_dir, meta, overwrite=True, scratch=self.folder.scratch)
         compressed = None
         if cand.prune.kind in MASKED_KINDS and result.masks:
             save_masks(result.masks, out_dir / "masks.safetensors")
@@ -305,7 +320,14 @@ class Runner:
         import torch
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval().to(self.device)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        except Exception as exc:  # a truncated or deleted checkpoint of an earlier, killed run
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise InputError(f"checkpoint {str(folder)!r} of this run is unreadable ({type(exc).__name__}: {first}); "
+                             f"delete the stage files under {str(self.folder.stages)!r} that name it to redo "
+                             "those stages, or start a new run with another --out") from None
+        return model.eval().to(self.device)
 
     def run_recover(self, cand, pruned: dict[str, Any]) -> dict[str, Any]:
         from planner.export import export_model, write_compressed
@@ -324,7 +346,8 @@ class Runner:
         meta = {"planner_stage": "recover", "prune": cand.prune.model_dump(mode="json"),
                 "recovery": spec.model_dump(mode="json"), "candidate": cand.name,
                 "achieved_sparsity": pruned["size"]["achieved_sparsity"]}
-        exported = export_model(student, self.tokenizer, out_dir, meta, overwrite=True)
+        exported = export_model(student, self.tokenizer, out_dir, meta, overwrite=True,
+                                scratch=self.folder.scratch)
         compressed = write_compressed(student, out_dir) if masks else None
         info = {"spec": spec.model_dump(mode="json"), "steps": result.steps, "tokens": result.tokens,
                 "loss_curve": [{"step": int(s), "loss": float(v)} for s, v in result.loss_curve],
@@ -428,13 +451,13 @@ def _options(options: RunOptions | None, kwargs: dict[str, Any]) -> RunOptions:
 
 
 def _input_hashes(plan_sha: str, model_sha: str, opt: RunOptions) -> dict[str, str]:
+    from planner.documents import check_file
     from planner.run.provenance import sha256_file
 
     hashes = {"plan": plan_sha, "model": model_sha}
     for role, paths in (("eval_text", opt.eval_text), ("eval_prompts", opt.eval_prompts)):
         for p in paths:
-            if not Path(p).is_file():
-                raise InputError(f"{role.replace('_', '-')} file {p!r} does not exist")
+            check_file(p, f"--{role.replace('_', '-')} file")
             hashes[f"{role}:{p}"] = sha256_file(p)
     return hashes
 
@@ -456,7 +479,11 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
              all_top: int | None = None, resume: bool = False, options: RunOptions | None = None,
              **kwargs) -> Results:
     """Run the plan's chosen candidate (rank `candidate`, default 1; or the top `all_top`) against the dense
-    model and write results.json (and report.html) into the run folder. Returns the Results document."""
+    model and write results.json (and report.html) into the run folder. Returns the Results document.
+
+    The run folder is new, empty, or a run of this tool; a folder of other files is refused, and nothing but the
+    run's own scratch folder is ever deleted. A run that fails its input checks before its first stage leaves no
+    trace, so the same --out can be used again."""
     from planner import __version__
     from planner.decide.plan import load_plan
     from planner.models import resolve_source
@@ -471,13 +498,7 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     ranks = [c.rank for c in cands]
     root = Path(out_dir) if out_dir else default_run_dir(plan_path, plan_sha, ranks)
     folder = RunFolder(root)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"run folder {str(root)!r} exists and is not a folder")
-    if (root / "manifest.json").is_file() and not resume:
-        raise InputError(f"run folder {str(root)!r} already holds a run; pass --resume to continue it, "
-                         "or --out NEW_FOLDER for a fresh run")
-    if resume and not (root / "manifest.json").is_file():
-        raise InputError(f"nothing to resume in {str(root)!r} (no manifest.json); run without --resume")
+    old = _check_run_folder(folder, resume)
 
     if opt.threads is not None:
         import torch
@@ -486,7 +507,7 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     device = pick_device(opt.device)
     runner = Runner(plan, plan_path, folder, cands, opt, {}, device)
     runner.prompt_sets()  # a bad prompt file fails now, before any work
-    source = resolve_source(plan.model or None)
+    source = resolve_source(runner.model_spec)
     if not source.has_weights:
         raise InputError(f"the plan's model {plan.model!r} has no weights (config only); `plan run` needs weights")
     _check_positions(runner, source)
@@ -497,16 +518,22 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
                 "model": {"spec": plan.model, "name": source.name, "path": str(source.path)},
                 "input_hashes": hashes, "candidates": ranks, "options": opt.fingerprint(),
                 "packages": package_versions(), "device": devinfo.model_dump(mode="json"), "started_at": _now()}
-    root.mkdir(parents=True, exist_ok=True)
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from planner.documents import write_error
+
+        raise write_error(exc, "run folder", root) from None
     if resume:
-        old = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
         _check_resume(manifest, old, root)
         manifest["started_at"] = old.get("started_at", manifest["started_at"])
         folder.clean_partial()
     else:
-        write_atomic(root / "plan.json", plan_path.read_text(encoding="utf-8"))
-        _copy_profile(plan, root)
-        write_atomic(root / "manifest.json", json.dumps(manifest, indent=2))
+        folder.clean_partial()  # a fresh start over a run that never finished a stage
+        folder.write_text(root / "plan.json", plan_path.read_text(encoding="utf-8"))
+        _copy_profile(plan, folder)
+        folder.write_text(root / "manifest.json", json.dumps(manifest, indent=2))
 
     runner.manifest = manifest
     from transformers.utils import logging as hf_logging
@@ -518,22 +545,90 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     except KeyboardInterrupt:
         _say(f"[yellow]interrupted[/]: finished stages are kept in {root}; continue with --resume", True)
         raise
+    except InputError:
+        if not resume and not folder.finished_stages():
+            _undo_fresh_run(folder, created)  # nothing was run: leave the --out folder as it was
+        raise
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    path = save_results(results, root / "results.json")
+    path = save_results(results, root / "results.json", scratch=folder.scratch)
     _say(f"[green]results[/] {path}", opt.progress)
-    if opt.report:
-        _write_report(results, root / "report.html", plan, opt.progress)
+    problem = _write_report(results, root / "report.html", plan, opt.progress) if opt.report else None
+    folder.clean_partial()
+    if problem:
+        error = RunIncomplete(f"results.json was written to {str(path)!r}, but report.html was not ({problem}); "
+                              f"rebuild it with `plan report {path}`")
+        error.results = results
+        raise error
     return results
 
 
-def _copy_profile(plan, root: Path) -> None:
+def _check_run_folder(folder: RunFolder, resume: bool) -> dict[str, Any]:
+    """Refuse an --out that is a file, a folder of other things, or a finished run without --resume; return the
+    earlier manifest of a run folder ({} for a new one)."""
+    from planner.documents import parse_json, read_text
+
+    root = folder.root
+    shown = str(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"run folder {shown!r} exists and is not a folder (accepted: a new or empty folder, "
+                         "or a run folder to --resume)")
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        if resume:
+            raise InputError(f"nothing to resume in {shown!r} (no manifest.json); run without --resume")
+        if root.is_dir() and any(root.iterdir()):
+            raise InputError(f"run folder {shown!r} is not empty and holds no run; planner writes a run only into "
+                             "a new or empty folder (accepted: another --out)")
+        return {}
+    try:
+        old = parse_json(read_text(manifest_path, "run manifest"), f"run manifest {str(manifest_path)!r}")
+    except InputError as exc:
+        raise InputError(f"{exc}; the run in {shown!r} cannot be resumed or reused: start a new run with another "
+                         "--out") from None
+    if not isinstance(old, dict) or old.get("kind") != RUN_KIND:
+        raise InputError(f"{str(manifest_path)!r} is not a planner run manifest; planner writes a run only into a "
+                         "new or empty folder (accepted: another --out)")
+    if not resume and folder.finished_stages():
+        raise InputError(f"run folder {shown!r} already holds a run; pass --resume to continue it, "
+                         "or --out NEW_FOLDER for a fresh run")
+    return old
+
+
+def _undo_fresh_run(folder: RunFolder, created: bool) -> None:
+    """Remove what a fresh run wrote before its first stage (its own files only)."""
+    for name in ("manifest.json", "plan.json", "profile.json"):
+        (folder.root / name).unlink(missing_ok=True)
+    folder.clean_partial()
+    for empty in (folder.stages, folder.root) if created else (folder.stages,):
+        try:
+            empty.rmdir()
+        except OSError:
+            pass
+
+
+def _copy_profile(plan, folder: RunFolder) -> None:
     """The dense profile the plan was decided on, beside results.json, so the run folder (and its report) stays
     whole when the profile cache is cleared. A plan without one (or whose cached file is gone) is not an error."""
     recorded = (plan.profile or {}).get("path")
     if recorded and Path(recorded).is_file():
-        write_atomic(root / "profile.json", Path(recorded).read_text(encoding="utf-8"))
+        try:
+            text = Path(recorded).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return
+        folder.write_text(folder.root / "profile.json", text)
+
+
+def plan_model_spec(plan) -> str | None:
+    """What to load for the plan's model: the absolute path it recorded (checked against its fingerprint, so a
+    relative path run from another folder, or a changed model, is refused), else --model as given."""
+    if plan.model_path:
+        from planner.models import check_identity
+
+        check_identity(plan.model_path, plan.model_fingerprint)
+        return plan.model_path
+    return plan.model or None
 
 
 def _check_positions(runner: Runner, source) -> None:
@@ -612,18 +707,17 @@ def _variant_names(cands) -> dict[int, str]:
     return names
 
 
-def _write_report(results: Results, path: Path, plan, progress: bool) -> None:
+def _write_report(results: Results, path: Path, plan, progress: bool) -> str | None:
+    """Write report.html; return what went wrong instead of raising (results.json is already written, and a
+    report problem must not lose the run)."""
     try:
         from planner.report import render_report
-    except ImportError:
-        return
-    try:
+
         render_report(results, path, plan=plan)
         _say(f"[green]report[/] {path}", progress)
-    except InputError:
-        raise
-    except Exception as exc:  # results.json is already written; a report bug must not lose the run
-        _say(f"[yellow]warning[/]: report.html not written: {type(exc).__name__}: {exc}", True)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 __all__ = ["RunOptions", "run_plan", "select_candidates", "RunFolder", "Runner"]
