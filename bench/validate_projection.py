@@ -50,6 +50,8 @@ def load_rows(folder: Path = HERE / "published") -> tuple[list[dict], dict[str, 
 def project(row: dict, shape: ModelShape, runtime=None) -> float:
     """The row's metric, projected by the serving-stack model (runtime: a RuntimeProfile to use instead)."""
     spec = runtime or get_runtime(row["runtime"])
+    if row.get("runtime_overrides"):  # the runtime version the row measured behaved differently, e.g. repeat_kv
+        spec = spec.model_copy(update=row["runtime_overrides"])
     gpu = get_gpu(row["gpu"])
     weights = row["weights"]
     dtype = "fp8" if weights == "fp8" else row["dtype"]

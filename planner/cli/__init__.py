@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "gpus": "gpus_cmd",
     "rules": "rules_cmd",
     "model": "model_cmd",
+    "calibrate": "calibrate_cmd",
 }
 
 EPILOG = """\

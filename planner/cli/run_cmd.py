@@ -81,13 +81,57 @@ def run(args) -> int:
                          progress=not args.quiet)
     results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
                        resume=args.resume, options=options)
+    calibrated = _calibrate(results)
     if args.json:
         from planner.cli._out import print_json
 
         print_json(results)
     elif not args.quiet:
         print_summary(results)
+        print_predicted_vs_measured(results)
+        if calibrated:
+            from planner.cli._out import console, escape
+
+            console().print(escape(f"calibrated this host's {calibrated['key']['runtime']} figures: per-step host time "
+                                   f"{calibrated['step_ms']:.2f} ms, per-request {calibrated['request_ms']:.1f} ms "
+                                   f"(stored in {calibrated['path']}; later --gpu cpu plans use them)"))
     return 0
+
+
+def _calibrate(results) -> dict | None:
+    """A --gpu cpu plan measured on this CPU at the plan's workload feeds this host's calibration."""
+    from planner.errors import InputError
+    from planner.perf.calibration import calibrate_from_results
+
+    if results.plan is None or results.plan.gpu != "cpu" or results.provenance.device.kind != "cpu":
+        return None
+    try:
+        return calibrate_from_results(results, f"{results.provenance.run_dir}/results.json")
+    except (InputError, OSError):
+        return None
+
+
+def print_predicted_vs_measured(results) -> None:
+    from rich.table import Table
+
+    from planner.cli._out import console, escape
+    from planner.run.compare import predicted_vs_measured
+
+    rows = predicted_vs_measured(results)
+    if not rows:
+        return
+    comparable = all(r.comparable for r in rows)
+    where = (f"projected to {results.plan.gpu} ({results.plan.workload.runtime}) vs measured on "
+             f"{results.provenance.device.label}")
+    table = Table(title=escape(where + ("" if comparable else
+                                        " — different device or workload: errors are not a check of the model")),
+                  title_justify="left")
+    for col in ("variant", "figure", "predicted ms", "measured ms", "error"):
+        table.add_column(col, justify="left" if col in ("variant", "figure") else "right")
+    for r in rows:
+        table.add_row(escape(r.variant), r.figure, _fmt(r.predicted, digits=1), _fmt(r.measured, digits=1),
+                      "-" if r.error is None else f"{r.error:+.0%}")
+    console().print(table)
 
 
 def _fmt(value, unit: str = "", digits: int = 1) -> str:

@@ -70,7 +70,7 @@ def rates_from_measurement(measured, num_layers: int, runtime, key: dict | None 
 
     priors = runtime.cpu or {}
     step_ms, request_ms = float(priors.get("step_ms", runtime.step_ms)), float(priors.get("request_ms", 0.0))
-    source = f"measured on {measured.label} (profile: decode and prefill breakdown)"
+    source = f"{measured.label} (profile: decode and prefill breakdown)"
     stored = load_calibration(key) if key else None
     if stored is not None:
         step_ms, request_ms = stored["step_ms"], stored["request_ms"]
@@ -134,7 +134,7 @@ def calibrate_from_results(results, results_path: str) -> dict:
 
     dense = results.dense
     latency = dense.latency if dense is not None else None
-    if latency is None or not latency.ttft_ms or not latency.tpot_ms:
+    if latency is None or not latency.ttft_p50_ms or not latency.tpot_p50_ms:
         raise InputError(f"{results_path}: the dense variant has no measured TTFT and TPOT to calibrate with")
     plan = results.plan
     if plan is None or plan.gpu != "cpu":
@@ -149,14 +149,14 @@ def calibrate_from_results(results, results_path: str) -> dict:
         raise InputError(f"{results_path}: the latency benchmark ran {latency.prompt_len}+{latency.gen_len} tokens "
                          f"but the plan projected {plan.workload.prompt_len}+{plan.workload.gen_len}; run with the "
                          "plan's workload to calibrate")
-    step_ms = max(0.0, rates["step_ms"] + latency.tpot_ms - predicted["tpot_ms"])
-    first_token_delta = latency.ttft_ms - predicted["ttft_ms"] - (step_ms - rates["step_ms"])
+    step_ms = max(0.0, rates["step_ms"] + latency.tpot_p50_ms - predicted["tpot_ms"])
+    first_token_delta = latency.ttft_p50_ms - predicted["ttft_ms"] - (step_ms - rates["step_ms"])
     request_ms = max(0.0, rates.get("request_ms", 0.0) + first_token_delta)
-    key = host_key(device=latency.device or "cpu", threads=latency.threads, runtime=latency.runtime,
-                   dtype=latency.dtype)
-    source = f"plan run results {results_path} (dense TTFT {latency.ttft_ms:.1f} ms, TPOT {latency.tpot_ms:.2f} ms)"
+    device = results.provenance.device
+    key = host_key(device=device.kind, threads=device.torch_threads, runtime=latency.runtime, dtype=latency.dtype)
+    source = f"plan run results {results_path} (dense TTFT {latency.ttft_p50_ms:.1f} ms, TPOT {latency.tpot_p50_ms:.2f} ms)"
     path = save_calibration(key, step_ms=step_ms, request_ms=request_ms, source=source,
-                            evidence={"measured_ttft_ms": latency.ttft_ms, "measured_tpot_ms": latency.tpot_ms,
+                            evidence={"measured_ttft_ms": latency.ttft_p50_ms, "measured_tpot_ms": latency.tpot_p50_ms,
                                       "predicted_ttft_ms": predicted["ttft_ms"],
                                       "predicted_tpot_ms": predicted["tpot_ms"]})
     return {"key": key, "step_ms": step_ms, "request_ms": request_ms, "path": str(path), "source": source}

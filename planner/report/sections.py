@@ -342,4 +342,14 @@ def build_context(results, profile=None, plan=None, problems: dict[str, str] | N
         "memory_kinds": sorted({r["latency"].peak_memory_kind for r in rows
                                 if r["latency"] is not None and r["latency"].peak_memory_kind}),
         "fmt_metric": fmt_metric,
+        "predicted_vs_measured": _predicted_vs_measured(results),
     }
+
+
+def _predicted_vs_measured(results) -> dict[str, Any]:
+    from planner.run.compare import predicted_vs_measured
+
+    rows = predicted_vs_measured(results)
+    plan = results.plan
+    return {"rows": rows, "comparable": bool(rows) and all(r.comparable for r in rows),
+            "runtime": plan.workload.runtime if plan is not None else None}

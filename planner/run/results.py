@@ -159,6 +159,8 @@ class PlanSummary(_Doc):
     model: str  # what --model named ("" = the embedded default) and its display name
     workload: Workload
     candidates: list[CandidateSummary] = Field(default_factory=list)
+    dense_predicted: dict[str, float | None] = Field(default_factory=dict)  # the plan's dense projection
+    dense_rates: dict[str, Any] | None = None  # the serving model's rates behind it (planner.perf.serving.Rates)
 
 
 # -- one variant: dense or pruned ---------------------------------------------------------------------------

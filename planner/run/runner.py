@@ -688,7 +688,8 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
     plan = runner.plan
     summary = PlanSummary(
         path=str(runner.plan_path), goal=plan.goal.value, gpu=plan.gpu,
-        model=plan.model or source.name, workload=plan.workload,
+        model=plan.model or source.name, workload=plan.workload, dense_predicted=plan.dense_predicted,
+        dense_rates=plan.dense_rates,
         candidates=[CandidateSummary(rank=c.rank, name=c.name, label=c.label, prune=c.prune, recovery=c.recovery,
                                      projected_to=c.projected_to, goal_metric=c.goal_metric,
                                      predicted_goal=c.predicted_goal, predicted_speedup=c.predicted_speedup,
