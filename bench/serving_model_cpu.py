@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     from planner.perf.runtimes import for_target
     from planner.profile import load_or_run_profile
     from planner.profile.facts import profile_facts
+    from planner.profile.roofline import estimator_like
     from planner.prune import apply_pruning
     from planner.prune.masked.calibration import calibration_ids
     from planner.workload import Goal, QualityBudget, Workload
@@ -47,15 +48,8 @@ def main(argv=None) -> int:
     gpu = get_gpu("cpu")
     workload = for_target(Workload(prompt_len=args.prompt_len, gen_len=args.gen_len), gpu)
     profile = load_or_run_profile(None, gpu, workload, threads=args.threads)
-    proj = profile.projected
-    rates = proj.serving.rates
-
-    from planner.profile.roofline import estimate
-
-    def estimator(shape, wl, g, *, sparse_2to4=False):
-        return estimate(shape, wl, g, sparse_2to4=sparse_2to4,
-                        peaks={"flops": proj.peak_flops, "bandwidth": proj.bandwidth}, rates=rates)
-
+    rates = profile.projected.serving.rates
+    estimator = estimator_like(profile.projected)
     plan = decide(goal=Goal.P95_LATENCY, gpu=gpu, workload=workload, budget=QualityBudget(max_ppl_increase=args.budget),
                   shape=profile.model.shape, ruleset=load_rules(), profile_facts=profile_facts(profile),
                   params=profile.model.parameters, estimator=estimator)

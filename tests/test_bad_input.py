@@ -19,11 +19,7 @@ import pytest
 from test_report_data import make_results
 
 from planner.cli import main
-from planner.decide.plan import Candidate, Plan, Verdict, save_plan
-from planner.prune.specs import CalibrationSpec, MlpChannelPruning
-from planner.recover.specs import RecoverySpec
-from planner.workload import Workload
-from tiny import save_tiny, tiny_config
+from tiny import save_mlp_plan, save_tiny, tiny_config
 
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "gate.yaml"
 BINARY = bytes(range(256)) * 4
@@ -33,16 +29,7 @@ LONG = "z" * 20_000  # a value that must not be echoed in full
 
 
 def _plan(model: Path, path: Path, **changes) -> Path:
-    common = dict(projected_to="a100-80gb-sxm", basis="projected to a100-80gb-sxm (roofline model)",
-                  goal_metric="p95_ms", quality_risk="low", calibration=CalibrationSpec(num_samples=2, seq_len=32))
-    plan = Plan(model=str(model), goal="p95-latency", gpu="a100-80gb-sxm", goal_metric="p95_ms",
-                rules_version="test", workload=Workload(prompt_len=16, gen_len=4),
-                verdict=Verdict(action="prune", text="prune MLP channels"),
-                candidates=[Candidate(rank=1, name="mlp-50", label="MLP channels -50%",
-                                      prune=MlpChannelPruning(ratio=0.5, criterion="magnitude"),
-                                      recovery=RecoverySpec(method="none"), predicted_speedup=1.4, **common)],
-                **changes)
-    return save_plan(plan, path)
+    return save_mlp_plan(model, path, **changes)
 
 
 def _config(base: Path, name: str, **changes) -> Path:

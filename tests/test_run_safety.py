@@ -18,30 +18,20 @@ import pytest
 from test_report_data import make_results
 
 from planner.cli import main
-from planner.decide.plan import Candidate, Plan, Verdict, load_plan, save_plan
+from planner.decide.plan import load_plan
 from planner.errors import InputError
-from planner.prune.specs import CalibrationSpec, MlpChannelPruning
 from planner.recover.specs import RecoverySpec
 from planner.run import run_plan
 from planner.run.results import Results, load_results
 from planner.run.runner import SCRATCH, RunFolder, plan_model_spec
-from planner.workload import Workload
-from tiny import save_tiny
+from tiny import save_mlp_plan, save_tiny
 
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "gate.yaml"
 
 
 def _plan(model, path: Path, recovery: RecoverySpec | None = None) -> Path:
-    recovery = recovery or RecoverySpec(method="distill", max_steps=3, batch_size=2, seq_len=32, max_minutes=30)
-    common = dict(projected_to="a100-80gb-sxm", basis="projected to a100-80gb-sxm (roofline model)",
-                  goal_metric="p95_ms", quality_risk="low", calibration=CalibrationSpec(num_samples=2, seq_len=32))
-    plan = Plan(model=str(model), goal="p95-latency", gpu="a100-80gb-sxm", goal_metric="p95_ms",
-                rules_version="test", workload=Workload(prompt_len=16, gen_len=4),
-                verdict=Verdict(action="prune", text="prune MLP channels"),
-                candidates=[Candidate(rank=1, name="mlp-50", label="MLP channels -50%",
-                                      prune=MlpChannelPruning(ratio=0.5, criterion="magnitude"), recovery=recovery,
-                                      predicted_speedup=1.4, **common)])
-    return save_plan(plan, path)
+    return save_mlp_plan(model, path, recovery or RecoverySpec(method="distill", max_steps=3, batch_size=2,
+                                                               seq_len=32, max_minutes=30))
 
 
 @pytest.fixture(scope="module")

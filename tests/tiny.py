@@ -74,3 +74,24 @@ def save_tiny(tmp_path, family: str = "llama", seed: int = 0, **overrides):
 def example_ids(batch: int = 2, seq: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, seq), generator=g)
+
+
+def save_mlp_plan(model, path, recovery=None, **changes):
+    """plan.json with one candidate (50% of the MLP channels, magnitude) for `model`, at a 16+4 token workload;
+    `recovery` defaults to none; `changes` are further Plan fields."""
+    from planner.decide.plan import Candidate, Plan, Verdict, save_plan
+    from planner.prune.specs import CalibrationSpec, MlpChannelPruning
+    from planner.recover.specs import RecoverySpec
+    from planner.workload import Workload
+
+    common = dict(projected_to="a100-80gb-sxm", basis="projected to a100-80gb-sxm (roofline model)",
+                  goal_metric="p95_ms", quality_risk="low", calibration=CalibrationSpec(num_samples=2, seq_len=32))
+    plan = Plan(model=str(model), goal="p95-latency", gpu="a100-80gb-sxm", goal_metric="p95_ms",
+                rules_version="test", workload=Workload(prompt_len=16, gen_len=4),
+                verdict=Verdict(action="prune", text="prune MLP channels"),
+                candidates=[Candidate(rank=1, name="mlp-50", label="MLP channels -50%",
+                                      prune=MlpChannelPruning(ratio=0.5, criterion="magnitude"),
+                                      recovery=recovery or RecoverySpec(method="none"), predicted_speedup=1.4,
+                                      **common)],
+                **changes)
+    return save_plan(plan, path)

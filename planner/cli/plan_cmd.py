@@ -152,16 +152,9 @@ def _profile(args, gpu, workload):
 def _estimator(profile):
     """The serving model for pruned shapes, on the same peaks and rates the profile projected with (those measured
     on this host for `cpu`)."""
-    from planner.profile.roofline import estimate
+    from planner.profile.roofline import estimator_like
 
-    proj = profile.projected
-    peaks = {"flops": proj.peak_flops, "bandwidth": proj.bandwidth} if proj.peaks_source == "measured" else None
-    rates = proj.serving.rates if proj.serving is not None else None
-
-    def run(shape, workload, gpu, *, sparse_2to4=False):
-        return estimate(shape, workload, gpu, sparse_2to4=sparse_2to4, peaks=peaks, rates=rates)
-
-    return run
+    return estimator_like(profile.projected)
 
 
 def _profile_info(profile) -> dict:

@@ -41,7 +41,6 @@ from planner.errors import InputError, did_you_mean
 
 Target = Literal["gpu", "cpu"]
 WeightFormat = Literal["2:4", "int8-weight-only", "int4-weight-only", "fp8", "w8a8-int8"]
-WEIGHT_FORMATS: tuple[str, ...] = ("2:4", "int8-weight-only", "int4-weight-only", "fp8", "w8a8-int8")
 
 
 class Efficiency(BaseModel):
@@ -97,7 +96,6 @@ class RuntimeProfile(BaseModel):
     cpu: dict[str, float] | None = Field(None, description="priors for a CPU host (replaced by measured figures)")
     kernels: list[KernelEntry] = Field(default_factory=list)
     sources: dict[str, str]
-    fitted: dict[str, object] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "RuntimeProfile":
@@ -127,11 +125,6 @@ class RuntimeProfile(BaseModel):
             return entry
         return None
 
-    def supports(self, fmt: str, architecture: str | None, dtype: str) -> bool:
-        """A kernel exists for `fmt` on this architecture and dtype at some number of tokens per GEMM."""
-        return any(e.format == fmt and (architecture or "") in e.architectures and dtype in e.dtypes
-                   for e in self.kernels)
-
 
 def runtimes_dir() -> Path:
     from planner.paths import profiles_dir
@@ -140,19 +133,14 @@ def runtimes_dir() -> Path:
 
 
 def load_runtime_file(path: str | Path) -> RuntimeProfile:
-    import yaml
+    from planner.documents import describe_validation, load_mapping
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read runtime profile {path.name}: {str(exc)[:300]}") from None
+    data = load_mapping(path, "runtime profile")  # binary, duplicate keys, non-finite numbers, alias bombs: InputError
     try:
         spec = RuntimeProfile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise InputError(f"runtime profile {path.name}: {where}: {first['msg'][:300]}") from None
+        raise InputError(f"runtime profile {path.name}: {describe_validation(exc)}") from None
     if spec.id != path.stem:
         raise InputError(f"runtime profile {path.name}: id {spec.id!r} must equal the file name stem")
     return spec
@@ -161,10 +149,6 @@ def load_runtime_file(path: str | Path) -> RuntimeProfile:
 @functools.lru_cache(maxsize=1)
 def runtime_catalog() -> dict[str, RuntimeProfile]:
     return {p.stem: load_runtime_file(p) for p in sorted(runtimes_dir().glob("*.yaml"))}
-
-
-def runtime_names() -> list[str]:
-    return sorted(runtime_catalog())
 
 
 def get_runtime(name: str) -> RuntimeProfile:

@@ -513,6 +513,19 @@ def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, spa
     )
 
 
+def estimator_like(projected: RooflineEstimate):
+    """estimate() for other shapes on the peaks and serving rates `projected` used (those measured on this host
+    for `cpu`): what the planner projects candidates with."""
+    peaks = ({"flops": projected.peak_flops, "bandwidth": projected.bandwidth}
+             if projected.peaks_source == "measured" else None)
+    rates = projected.serving.rates if projected.serving is not None else None
+
+    def run(shape, workload, gpu, *, sparse_2to4=False):
+        return estimate(shape, workload, gpu, sparse_2to4=sparse_2to4, peaks=peaks, rates=rates)
+
+    return run
+
+
 def _serve(phases, shape, runtime, gpu, rates, peak, bandwidth, dtype, d, decode_batch, weight_format,
            tensor_parallel) -> Serving:
     from planner.perf.serving import rates_from_profile, serve_phase
