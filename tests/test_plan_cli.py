@@ -39,14 +39,15 @@ LLAMA2_7B_CONFIG = {
 }
 
 
-def test_tiny_model_is_overhead_bound_so_nothing_is_pruned(tmp_path, tiny_ckpt, capsys):
-    """A model of a few thousand parameters on an A100: every step is per-step overhead; no cut gains anything."""
+def test_tiny_model_is_overhead_bound_so_width_and_byte_cuts_buy_nothing(tmp_path, tiny_ckpt, capsys):
+    """A model of a few thousand parameters on an A100: every step is per-step overhead; no width or byte cut gains
+    anything, only removing layers (their kernels) can."""
     out = tmp_path / "plan.json"
     code, stdout, err = run(["--goal", "p95-latency", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-measure",
                              "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
     assert code == 0, err
     plan = load_plan(out)
-    assert plan.verdict.action == "dont_prune" and not plan.candidates
+    assert all(c.prune.kind == "layers" and c.predicted_speedup < 1.05 for c in plan.candidates)
     assert plan.facts["overhead_bound"] is True and plan.facts["decode_bound"] == "overhead"
     assert any("overhead-bound" in r for rej in plan.rejected for r in rej.rules)
 
@@ -188,4 +189,7 @@ def test_main_job_on_the_embedded_model(tmp_path, embedded_path, capsys, monkeyp
     assert all(c.prune.kind == "layers" for c in plan.candidates)
     for c in plan.candidates:
         assert c.basis == "projected to a100-80gb-sxm (serving-stack model, vllm)"
-    assert "ranked candidates" in stdout and "verdict:" in stdout
+    # under vLLM a 3-layer cut is projected at about 1.03x: kept only when it clears the 3% no-win threshold
+    assert ("ranked candidates" in stdout) == bool(plan.candidates) and "verdict:" in stdout
+    if not plan.candidates:
+        assert plan.verdict.action == "dont_prune" and "batching" in plan.verdict.text

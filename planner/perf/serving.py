@@ -104,23 +104,29 @@ def is_gemm(name: str) -> bool:
     return name in GEMM_NAMES or name == "lm_head"
 
 
+def per_layer(op, layers: int) -> int:
+    """Instances of `op` in each decoder layer (residual adds: 2), or 0 for ops outside the layers."""
+    return op.count // layers if layers and op.count >= layers and op.count % layers == 0 else 0
+
+
 def _kernels(ops, layers: int, rates: Rates) -> list[float]:
     """Kernels per instance of each op: one per GEMM, one fused attention, the rest shared by the small ops."""
-    per_layer = [op for op in ops if op.count == layers and layers > 0]
-    small_layer = [op for op in per_layer if not is_gemm(op.name) and op.name not in ("attn_scores", "attn_values")]
-    gemms_layer = sum(1 for op in per_layer if is_gemm(op.name))
+    fused = ("attn_scores", "attn_values")
+    small_layer = sum(per_layer(op, layers) for op in ops
+                      if per_layer(op, layers) and not is_gemm(op.name) and op.name not in fused)
+    gemms_layer = sum(per_layer(op, layers) for op in ops if is_gemm(op.name))
     left = max(0, rates.kernels_per_layer - gemms_layer - 1)
-    fixed_small = [op for op in ops if op not in per_layer and not is_gemm(op.name)]
+    fixed_small = sum(1 for op in ops if not per_layer(op, layers) and not is_gemm(op.name))
     out = []
     for op in ops:
         if is_gemm(op.name) or op.name == "attn_scores":
             out.append(1.0)
         elif op.name == "attn_values":
             out.append(0.0)
-        elif op in small_layer:
-            out.append(left / len(small_layer))
+        elif per_layer(op, layers):
+            out.append(left / small_layer)
         else:
-            out.append(rates.kernels_fixed / max(1, len(fixed_small)))
+            out.append(rates.kernels_fixed / max(1, fixed_small))
     return out
 
 
@@ -151,8 +157,8 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
     host = {c: 0.0 for c in CATEGORIES}
     roofline_ms = work_ms = 0.0
     host_scale = quant.host_factor if quant is not None else 1.0
-    per_layer_kernels = sum(k for op, k in zip(ops, kernels) if op.count == layers)
-    fixed_kernels = sum(k for op, k in zip(ops, kernels) if op.count != layers) or 1.0
+    per_layer_kernels = sum(per_layer(op, layers) * k for op, k in zip(ops, kernels))
+    fixed_kernels = sum(k for op, k in zip(ops, kernels) if not per_layer(op, layers)) or 1.0
     for op, k in zip(ops, kernels):
         gemm = is_gemm(op.name)
         # GEMMs and fused attention (tensor cores, streaming K/V) run at the GEMM rates; small ops at `other`
@@ -185,13 +191,14 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
                                           f"{gpu.architecture or gpu.id}/{dtype} at {tokens} tokens per GEMM: "
                                           "dense rate")
         roofline_ms += op.time_ms
-        split = tensor_parallel if op.count == layers else 1
+        in_layer = per_layer(op, layers) > 0
+        split = tensor_parallel if in_layer else 1
         work = max(flops / (op_peak * e_c), nbytes / (bandwidth * e_m)) * 1e3 / split if op_peak and bandwidth else 0.0
         work_ms += op.count * work
         device[op.category] += op.count * max(work, k * floor_ms)
-        share = rates.host_ms_per_layer * host_scale * k / per_layer_kernels if op.count == layers and per_layer_kernels \
+        share = rates.host_ms_per_layer * host_scale * k / per_layer_kernels if in_layer and per_layer_kernels \
             else rates.host_ms_fixed * k / fixed_kernels
-        host[op.category] += op.count * share if op.count == layers else share
+        host[op.category] += op.count * share
     if tensor_parallel > 1 and runtime is not None:
         # two ring all-reduces of the layer's 16-bit activations per layer: latency + 2 (N-1)/N x bytes / bus rate
         message = tokens * hidden_size * 2.0
