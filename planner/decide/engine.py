@@ -201,9 +201,10 @@ def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, b
     risk_text = "; ".join(text for _, text in rated) or "no risk rule matched: rated medium by default"
     chosen_by = draft.proposed_by + [r.id for r, _ in outcome.notes] + [r.id for r, _ in rated]
     score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
+    model = f"serving-stack model, {workload_runtime}" if workload_runtime else "roofline model"
     return Candidate(
         rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, projected_to=gpu.id,
-        basis=f"projected to {gpu.id} ({'serving-stack model, ' + workload_runtime if workload_runtime else 'roofline model'})", goal_metric=pred.metric, predicted_goal=pred.value,
+        basis=f"projected to {gpu.id} ({model})", goal_metric=pred.metric, predicted_goal=pred.value,
         predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
         params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
         chosen_by=list(dict.fromkeys(chosen_by)),

@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 from pathlib import Path
 
 from planner.perf.serving import Rates, is_gemm
@@ -37,12 +36,6 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 def _gemm_measured_ms(phase) -> float:
     return sum(ms for category, ms in phase.by_category.items() if category in PROJECTION_CATEGORIES)
-
-
-def _phase_ms(phase) -> float:
-    """The phase's wall time without the profiler (median), else the profiled one."""
-    samples = phase.unprofiled_ms or phase.wall_ms
-    return statistics.median(samples) if samples else phase.total_ms
 
 
 def rates_from_measurement(measured, num_layers: int, runtime, key: dict | None = None) -> Rates:
@@ -60,10 +53,10 @@ def rates_from_measurement(measured, num_layers: int, runtime, key: dict | None 
     compute = _clamp(math_roof / gemm_pre, 0.02, 1.0) if gemm_pre > 0 else 0.5
 
     attn_dec = sum(op.total_bytes for op in dec_ops if op.name in ("attn_scores", "attn_values")) / bandwidth * 1e3
-    host_total = max(0.0, _phase_ms(measured.decode) - gemm_dec - attn_dec / memory)
+    host_total = max(0.0, measured.decode.median_ms - gemm_dec - attn_dec / memory)
     host_per_layer = host_total / max(1, num_layers)
 
-    rest = _phase_ms(measured.prefill) - gemm_pre - host_total
+    rest = measured.prefill.median_ms - gemm_pre - host_total
     small_roof = sum(max(op.total_flops / peak, op.total_bytes / bandwidth) for op in pre_ops
                      if not is_gemm(op.name)) * 1e3
     other = _clamp(small_roof / rest, 0.005, 1.0) if rest > 0 else 1.0
