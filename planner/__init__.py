@@ -4,4 +4,18 @@ Importing this package touches no GPU, no NVML and no network; heavy modules are
 need them.
 """
 
-__version__ = "0.1.0"
+from planner._version import __version__  # noqa: F401  (planner.__version__)
+
+
+def plan(goal, gpu=None, **kwargs):
+    """The main job as a library call: the ranked plan document for `goal` on `gpu` (see planner.api.plan)."""
+    from planner.api import plan as _plan
+
+    return _plan(goal, gpu, **kwargs)
+
+
+def save_plan(plan, path):
+    """Write plan.json atomically (refuses to replace a file that is not a plan); returns the path."""
+    from planner.decide.plan import save_plan as _save
+
+    return _save(plan, path)

@@ -8,9 +8,11 @@ aliases expand past `MAX_NODES` values (an "alias bomb"), and nesting deeper tha
 Writing is atomic (temporary name + rename) under the user's umask, and refuses to replace a file the tool did not
 write; a destination that cannot be written (permissions, a full disk, a read-only file system) is an InputError.
 
-Messages quote values through `show`, which bounds their length, so no message echoes a whole input.
+Messages quote values through `show`, which bounds their length, so no message echoes a whole input; a pydantic
+ValidationError is described by `describe_validation`, the one formatter of validation errors.
 
     data = load_mapping("gate.yaml", "gate policy")
+    policy = load_validated("gate.yaml", GatePolicy, "gate policy")
     write_atomic("out/report.html", html, what="report")
 """
 
@@ -21,11 +23,11 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, TypeVar
 
 import yaml
 
-from planner.errors import OS_INPUT_ERRORS, InputError
+from planner.errors import OS_INPUT_ERRORS, InputError, did_you_mean
 
 MAX_MESSAGE = 1500  # characters of an error message shown to the user
 MAX_SHOWN = 80  # characters of one quoted value inside a message
@@ -61,21 +63,44 @@ def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
     return message if len(message) <= limit else message[: limit - 40] + f" ... ({len(message) - limit + 40} more)"
 
 
-def describe_validation(exc, limit: int = 8) -> str:
-    """A pydantic ValidationError as 'loc: message (got value); ...', values and count bounded."""
+def describe_validation(exc, model=None, noun: str = "field", named: bool = False, limit: int = 8) -> str:
+    """A pydantic ValidationError as 'loc: message (got value); ...', every value and the count of errors bounded.
+
+    A mapping is never quoted (it may be the whole input), nor a text the message already quotes. `model`: the class
+    that was validated; an unknown key then gets "did you mean" among the keys it accepts. `noun`: what the document
+    calls its keys ("field", "key"); `named`: write a location as "field 'a.b'" instead of "a.b"."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(document)"
+        path = ".".join(str(p) for p in err["loc"])
+        where = f"{noun} {_cut(path, 120)!r}" if named else _cut(path, 120)
         if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key")
+            parts.append(_unknown_key(err["loc"], model, noun) or f"{where}: unknown {noun}")
             continue
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _cut(err["msg"].removeprefix("Value error, "), 300)
         got = err.get("input")
-        if isinstance(got, (str, int, float, bool)) and err["type"] != "value_error":
+        if got is not None and not isinstance(got, dict) and not (isinstance(got, str) and show(got) in msg):
             msg += f" (got {show(got)})"
-        parts.append(f"{_cut(loc, MAX_SHOWN)}: {_cut(msg, 300)}")
+        parts.append(f"{where}: {msg}" if path else msg)
     more = f"; ... {len(parts) - limit} more" if len(parts) > limit else ""
     return "; ".join(parts[:limit]) + more
+
+
+def _unknown_key(loc: tuple, model, noun: str) -> str | None:
+    """'unknown field 'x'; did you mean y? (accepted: ...)', naming the nested part it is in; None without a model."""
+    owner = model
+    for part in loc[:-1]:  # walk to the nested model that refused the key
+        fields = getattr(owner, "model_fields", None)
+        if fields is None:
+            return None
+        if isinstance(part, int) or part not in fields:
+            continue  # a list index or a mapping key: the same model holds the next part
+        annotation = fields[part].annotation
+        owner = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and hasattr(a, "model_fields")), None)
+    if owner is None or not hasattr(owner, "model_fields"):
+        return None
+    msg = did_you_mean(str(loc[-1]), owner.model_fields, noun)
+    return msg if len(loc) == 1 else f"in {_cut('.'.join(str(p) for p in loc[:-1]), 120)!r}: {msg}"
 
 
 # -- reading ----------------------------------------------------------------------------------------------------
@@ -230,21 +255,53 @@ def parse_yaml(text: str, where: str) -> Any:
         raise InputError(f"{where}: nested too deeply (accepted: at most {MAX_DEPTH} levels)") from None
 
 
-def load_document(path: str | Path, what: str, where: str | None = None) -> Any:
-    """A JSON (`.json`) or YAML file, checked as above; parse errors start with `where` (default: what + path)."""
+def load_document(path: str | Path, what: str, where: str | None = None,
+                  syntax: Literal["json", "yaml"] | None = None) -> Any:
+    """A JSON or YAML file (`syntax`; default: JSON for `.json`, else YAML), checked as above; parse errors start with
+    `where` (default: what + path)."""
     text = read_text(path, what)
     where = where or f"{what} {show(str(path))}"
-    return parse_json(text, where) if Path(path).suffix == ".json" else parse_yaml(text, where)
+    json_file = syntax == "json" if syntax else Path(path).suffix == ".json"
+    return parse_json(text, where) if json_file else parse_yaml(text, where)
 
 
-def load_mapping(path: str | Path, what: str, accepted: str = "") -> dict:
+def load_mapping(path: str | Path, what: str, accepted: str = "", where: str | None = None,
+                 syntax: Literal["json", "yaml"] | None = None) -> dict:
     """A document that must be a mapping."""
-    data = load_document(path, what)
+    where = where or f"{what} {show(str(path))}"
+    data = load_document(path, what, where, syntax)
     if not isinstance(data, dict):
         extra = f" (accepted keys: {accepted})" if accepted else ""
-        raise InputError(f"{what} {show(str(path))} must hold a mapping of fields, got "
-                         f"{type(data).__name__}{extra}")
+        raise InputError(f"{where} must hold a mapping of fields, got {type(data).__name__}{extra}")
     return data
+
+
+M = TypeVar("M")
+
+
+def load_validated(path: str | Path, model: type[M], what: str, *, where: str | None = None, accepted: str = "",
+                   invalid: str | None = None, suggest: bool = False, named: bool = False,
+                   syntax: Literal["json", "yaml"] | None = None) -> M:
+    """One pydantic document from a JSON or YAML file. Anything wrong with it is an InputError that starts with
+    `where` (default: what + path): the file (see `read_text`), its syntax, a document that is not a mapping, and
+    each invalid field (`describe_validation`; `suggest`: "did you mean" for an unknown key, `named`: "field 'x'").
+    `invalid` comes between `where` and the problems (default: " is not a valid <what>"); `accepted` lists the keys
+    a mapping may hold."""
+    from pydantic import ValidationError
+
+    where = where or f"{what} {show(str(path))}"
+    data = load_mapping(path, what, accepted, where, syntax)
+    prefix = where + (f" is not a valid {what}" if invalid is None else invalid)
+    hint = f" (accepted keys: {accepted})" if accepted else ""
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        problems = describe_validation(exc, model if suggest else None, named=named)
+        raise InputError(f"{prefix}: {problems}{hint}") from None
+    except InputError as exc:  # a nested document (a Workload's dtype, ...) that checks itself
+        raise InputError(f"{prefix}: {exc}") from None
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:  # a figure computed from bad data
+        raise InputError(f"{prefix}: {_cut(str(exc), 300)}") from None
 
 
 # -- writing ----------------------------------------------------------------------------------------------------
@@ -261,21 +318,27 @@ def write_error(exc: OSError, what: str, path: str | Path) -> InputError:
     return InputError(f"cannot write {what} {show(str(path))}: {reason} (accepted: a writable destination)")
 
 
-def write_atomic(path: str | Path, text: str | bytes, what: str = "file", scratch: str | Path | None = None) -> Path:
-    """Write to `path` so that a reader (or a crash) never sees a half-written file. The temporary file lives in
-    `scratch` (default: beside `path`, same file system) and the file ends with the usual mode under the umask."""
+def write_atomic(path: str | Path, content: str | bytes | Callable[[Path], Any], what: str = "file",
+                 scratch: str | Path | None = None) -> Path:
+    """Write to `path` so that a reader (or a crash) never sees a half-written file: the one atomic write of the tool.
+    `content` is text, bytes, or a function that writes the file at the temporary path it is given (a safetensors
+    writer). The temporary file lives in `scratch` (default: beside `path`, same file system) and the file ends with
+    the usual mode under the umask. A destination that cannot be written is an InputError naming it."""
     path = Path(path)
-    data = text.encode("utf-8") if isinstance(text, str) else text
+    data = content.encode("utf-8") if isinstance(content, str) else content
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(scratch) if scratch is not None else path.parent
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir)
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it private; a document is for sharing
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+            if not callable(data):
+                f.write(data)
+        if callable(data):
+            data(Path(tmp))  # a writer of its own format fills the temporary file
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; a document is for sharing
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -314,4 +377,5 @@ def starts_with(path: Path, marker: bytes, within: int = 4096) -> bool:
 
 
 __all__ = ["show", "bounded", "describe_validation", "check_file", "read_text", "parse_json", "parse_yaml",
-           "load_document", "load_mapping", "write_atomic", "check_output", "write_error", "umask", "MAX_MESSAGE"]
+           "load_document", "load_mapping", "load_validated", "write_atomic", "check_output", "write_error", "umask",
+           "MAX_MESSAGE"]

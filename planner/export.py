@@ -93,8 +93,9 @@ def write_compressed(model, folder: str | Path) -> int:
     folder sits beside the standard checkpoint, which `from_pretrained` keeps loading unchanged."""
     from safetensors.torch import save_file
 
+    from planner.documents import write_atomic
+
     folder = Path(folder) / COMPRESSED_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, Any] = {}
     shapes: dict[str, list[int]] = {}
     aliases: dict[str, str] = {}  # tied weights (LM head = embeddings) are stored once, as save_pretrained does
@@ -116,11 +117,9 @@ def write_compressed(model, folder: str | Path) -> int:
             shapes[name] = list(value.shape)
         else:
             tensors[name] = value.clone()
-    path = folder / COMPRESSED_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "planner-bitmask-v1", "shapes": json.dumps(shapes),
-                                           "aliases": json.dumps(aliases)})
-    os.replace(tmp, path)
+    metadata = {"format": "planner-bitmask-v1", "shapes": json.dumps(shapes), "aliases": json.dumps(aliases)}
+    path = write_atomic(folder / COMPRESSED_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
+                        what="compressed checkpoint")
     return path.stat().st_size
 
 

@@ -37,9 +37,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from planner.documents import show
 from planner.errors import InputError, did_you_mean
 from planner.paths import gpus_dir
 
@@ -220,39 +219,14 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _describe_error(err: dict, model: type[BaseModel]) -> str:
-    loc = [str(part) for part in err["loc"]]
-    where = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        owner: type[BaseModel] = model
-        for part in loc[:-1]:  # walk to the nested model that rejected the key
-            annotation = owner.model_fields[part].annotation
-            owner = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
-                          and issubclass(a, BaseModel)), owner)
-        msg = did_you_mean(loc[-1], owner.model_fields, "field")
-        return msg if len(loc) == 1 else f"in {'.'.join(loc[:-1])!r}: {msg}"
-    message = err["msg"].removeprefix("Value error, ")
-    if not loc:
-        return message
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {show(got)})"
-    return f"field {where[:120]!r}: {message[:300]}{shown}"
-
-
 def load_gpu_file(path: str | Path) -> GpuSpec:
     """Load and validate one GPU file; any problem raises InputError naming the file and the field."""
+    from planner.documents import load_validated
+
     path = Path(path)
     shown = _display(path)
-    from planner.documents import load_document
-
-    data = load_document(path, "GPU file", where=shown)  # binary, duplicate keys, non-finite numbers, alias bombs: InputError
-    if not isinstance(data, dict):
-        raise InputError(f"{shown}: a GPU file must be a mapping of fields (got {type(data).__name__})")
-    try:
-        spec = GpuSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(_describe_error(e, GpuSpec) for e in exc.errors())
-        raise InputError(f"{shown}: {problems}") from None
+    # binary, duplicate keys, non-finite numbers, alias bombs, unknown or bad fields: InputError
+    spec = load_validated(path, GpuSpec, "GPU file", where=shown, invalid="", suggest=True, named=True)
     if spec.id != path.stem:
         raise InputError(f"{shown}: field 'id': {spec.id!r} must equal the file name stem {path.stem!r}")
     spec._file = path

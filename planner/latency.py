@@ -23,12 +23,29 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
-from planner.errors import InputError
+from planner.errors import InputError, did_you_mean
 from planner.workload import require_positions
 
 RUNTIMES = ("hf-eager", "hf-compile", "vllm")
+BENCH_DTYPES = ("fp32", "bf16", "fp16")  # dtypes a checkpoint is timed at
+# the benchmark's bounds, checked by BenchConfig and, before any work, by `plan run` for its options
+BENCH_MINIMUMS = {"prompt_len": 1, "gen_len": 1, "batch_size": 1, "requests": 1, "warmup": 0}
+
+
+def check_bench_settings(settings: Mapping[str, Any], label: Callable[[str], str] = "benchmark {}".format) -> None:
+    """Check the benchmark settings among `settings` (runtime, dtype and BENCH_MINIMUMS; absent or None: not set) and
+    raise an InputError naming the first bad one; `label` turns a setting's name into the one the user knows."""
+    runtime, dtype = settings.get("runtime"), settings.get("dtype")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise InputError(did_you_mean(runtime, RUNTIMES, "runtime"))
+    if dtype is not None and dtype not in BENCH_DTYPES:
+        raise InputError(did_you_mean(dtype, BENCH_DTYPES, "benchmark dtype"))
+    for name, minimum in BENCH_MINIMUMS.items():
+        value = settings.get(name)
+        if value is not None and value < minimum:
+            raise InputError(f"{label(name)} must be >= {minimum}, got {value}")
 
 
 @dataclass
@@ -44,15 +61,7 @@ class BenchConfig:
     measure_memory: bool = True
 
     def check(self) -> None:
-        if self.runtime not in RUNTIMES:
-            from planner.errors import did_you_mean
-
-            raise InputError(did_you_mean(self.runtime, RUNTIMES, "runtime"))
-        for name in ("prompt_len", "gen_len", "batch_size", "requests"):
-            if getattr(self, name) < 1:
-                raise InputError(f"benchmark {name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise InputError(f"benchmark warmup must be >= 0, got {self.warmup}")
+        check_bench_settings(vars(self))
 
 
 @dataclass

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from planner.api import target_dtype
 from planner.arch import ModelShape
 from planner.decide.engine import decide
 from planner.decide.rules import load_rules
 from planner.gpus import get_gpu
+from planner.profile.facts import projection_facts
 from planner.profile.roofline import estimate
 from planner.workload import Goal, QualityBudget, Workload
 
@@ -33,23 +35,8 @@ RULES = load_rules()
 
 
 def roofline_facts(shape, workload, gpu) -> dict:
-    """The profile facts the profiler derives from its projection (planner.profile.facts), from the roofline."""
-    est = estimate(shape, workload, gpu)
-    non_model = workload.non_model_ms
-    share = est.time_share
-    return {
-        "prefill_bound": est.prefill.bound, "decode_bound": est.decode.bound,
-        "prefill_intensity": est.prefill.intensity, "decode_intensity": est.decode.intensity,
-        "ridge_point": est.ridge_point, "dominant_phase": est.dominant_phase,
-        "mlp_time_share": share["mlp"], "attn_proj_time_share": share["attn_proj"],
-        "attn_core_time_share": share["attn_core"], "lm_head_time_share": share["lm_head"],
-        "mlp_flop_share": est.flop_share["mlp"], "weights_gb": est.weight_bytes / 1e9,
-        "kv_cache_gb": est.kv_cache_bytes / 1e9, "prefill_ms_projected": est.prefill_ms,
-        "decode_ms_per_token_projected": est.decode_ms_per_token, "request_ms_projected": est.request_ms,
-        "non_model_share": non_model / (non_model + est.request_ms), "measured": False,
-        "gqa": shape.num_kv_heads < shape.num_heads, "num_layers": float(shape.num_layers),
-        "fits_on_gpu": est.weight_bytes + est.kv_cache_bytes + est.activation_bytes <= gpu.memory_bytes,
-    }
+    """The profile facts the product derives from a projection alone (planner.profile.facts)."""
+    return projection_facts(shape, workload, gpu)
 
 
 @dataclass
@@ -78,16 +65,18 @@ SCENARIOS = [
              workload={"batch_size": 16}, rule="unstructured-no-dense-speedup",
              rejected=("unstructured", "unstructured-no-dense-speedup")),
     Scenario("unstructured does not shrink serving memory", "peak-memory", "l4", shape=LLAMA2_7B,
-             rule="unstructured-no-memory-win", rejected=("unstructured", "unstructured-no-memory-win")),
+             rule="unstructured-no-memory-win", rejected=("unstructured", "unstructured-no-memory-win"),
+             verdict="quantize", reason="don't prune; quantize: int4 weight-only"),
     Scenario("checkpoint size makes unstructured acceptable", "checkpoint-size", "a100", budget=0.10,
-             rule="checkpoint-size-accepts-unstructured",
+             rule="checkpoint-size-accepts-unstructured", verdict="quantize",
              kept=("unstructured", "checkpoint-size-accepts-unstructured")),
     # -- 2:4: sparse tensor cores, a kernel, and batch ---------------------------------------------------------------
+    # (7B with 8 x 2048 tokens of KV cache does not fit 16 GB: every candidate that still does not fit is set aside)
     Scenario("2:4 needs sparse tensor cores: T4 has none", "ttft", "t4", shape=LLAMA2_7B,
-             workload={"prompt_len": 2048, "batch_size": 8}, rule="nm-needs-sparse-tensor-cores",
+             workload={"prompt_len": 2048, "batch_size": 8}, rule="nm-needs-sparse-tensor-cores", verdict="dont_prune",
              rejected=("nm", "nm-needs-sparse-tensor-cores"), reason="t4 has no sparse tensor cores for fp16"),
     Scenario("2:4 needs sparse tensor cores: V100 has none", "throughput", "v100", shape=LLAMA2_7B,
-             workload={"batch_size": 32, "dtype": "fp16"}, rule="nm-needs-sparse-tensor-cores",
+             workload={"batch_size": 32, "dtype": "fp16"}, rule="nm-needs-sparse-tensor-cores", verdict="dont_prune",
              rejected=("nm", "nm-needs-sparse-tensor-cores")),
     Scenario("2:4 runs on Ampere sparse tensor cores for compute-bound prefill", "ttft", "a100", shape=LLAMA2_7B,
              workload={"prompt_len": 2048, "batch_size": 8}, budget=0.30, rule="sparse-tensor-cores-available",
@@ -124,7 +113,7 @@ SCENARIOS = [
              workload={"queueing_ms": 40, "network_ms": 30}, verdict="dont_prune",
              rule="dont-prune-non-model-bottleneck", reason="don't prune; use serving-path, batching, prefix-caching"),
     Scenario("a small gain is not worth the risk", "kv-capacity", "a100", rule="no-predicted-win",
-             rejected=("mlp_channels", "no-predicted-win")),
+             rejected=("mlp_channels", "no-predicted-win"), verdict="prune+quantize"),
     # -- other levers ---------------------------------------------------------------------------------------------
     Scenario("throughput on memory-bound decode: batch more", "throughput", "a100", rule="batch-for-throughput"),
     Scenario("decode-dominated latency: speculative decoding", "tpot", "a100",
@@ -134,25 +123,24 @@ SCENARIOS = [
              rule="fp8-tensor-cores"),
     Scenario("long prompts: prefix caching", "ttft", "a100", workload={"prompt_len": 4096},
              rule="prefix-caching-long-prompts"),
-    Scenario("KV capacity: KV-cache levers", "kv-capacity", "a100", rule="kv-cache-levers"),
+    Scenario("KV capacity: KV-cache levers", "kv-capacity", "a100", rule="kv-cache-levers", verdict="prune+quantize"),
     Scenario("ReLU MLP at batch-1 decode: dynamic sparsity", "tpot", "a100", shape=GPT2,
              rule="dynamic-sparsity-for-relu-decode"),
     # -- the model does not fit on one GPU -----------------------------------------------------------------------
     Scenario("70B in bf16 does not fit one H100: shard or quantize", "p95-latency", "h100", shape=LLAMA2_70B,
-             rule="model-does-not-fit", kept=("mlp_channels", "projection-assumes-a-fit")),
+             rule="model-does-not-fit", rejected=("mlp_channels", "projection-assumes-a-fit"),
+             verdict="prune+quantize", reason="it would not run; quantize or shard it"),
     Scenario("a memory goal is met only by a fit: 70B on a 40 GB A100", "peak-memory", "a100-40gb",
-             shape=LLAMA2_70B, verdict="dont_prune", rule="memory-goal-needs-a-fit",
+             shape=LLAMA2_70B, verdict="quantize", rule="memory-goal-needs-a-fit",
              rejected=("mlp_channels", "memory-goal-needs-a-fit"), reason="does not fit after pruning"),
     Scenario("a memory goal a pruned 8B meets on a 16 GB GPU", "peak-memory", "t4", shape=LLAMA3_8B,
-             budget=0.45, top_kind="layers", rule="model-does-not-fit"),
+             budget=0.45, verdict="quantize", rule="model-does-not-fit"),
 ]
 
 
 def run_scenario(s: Scenario):
     gpu = get_gpu(s.gpu)
-    workload = Workload(**s.workload)
-    if gpu.peak_flops(workload.dtype) is None:
-        workload = workload.model_copy(update={"dtype": "fp16"})
+    workload, _ = target_dtype(Workload(**s.workload), gpu)  # the runtime stays unset: the bare roofline
     facts = roofline_facts(s.shape, workload, gpu) | s.facts
     return decide(goal=Goal(s.goal), gpu=gpu, workload=workload, budget=QualityBudget(max_ppl_increase=s.budget),
                   shape=s.shape, ruleset=RULES, profile_facts=facts)
@@ -165,17 +153,17 @@ def test_scenario(s: Scenario):
     if s.rule:
         assert s.rule in plan.rules_fired, f"{s.rule} did not fire; fired: {plan.rules_fired}"
     if s.top_kind:
-        assert plan.candidates and plan.candidates[0].prune.kind == s.top_kind, \
+        assert plan.candidates and plan.candidates[0].prune_kind == s.top_kind, \
             [(c.label, c.score) for c in plan.candidates[:3]]
     if s.kept:
         kind, rule = s.kept
-        assert any(c.prune.kind == kind and rule in c.chosen_by for c in plan.candidates), \
+        assert any(c.prune_kind == kind and rule in c.chosen_by for c in plan.candidates), \
             [(c.label, c.chosen_by) for c in plan.candidates]
     if s.rejected:
         kind, rule = s.rejected
-        of_kind = [r for r in plan.rejected if r.prune.kind == kind]
+        of_kind = [r for r in plan.rejected if r.prune_kind == kind]
         assert of_kind and any(rule in r.rules for r in of_kind)
-        assert not any(c.prune.kind == kind and rule in c.chosen_by for c in plan.candidates)
+        assert not any(c.prune_kind == kind and rule in c.chosen_by for c in plan.candidates)
     if s.reason:
         texts = [plan.verdict.text] + [reason for r in plan.rejected for reason in r.reasons]
         assert any(s.reason in t for t in texts), texts[:5]
@@ -199,13 +187,13 @@ def test_predicted_figures_are_the_roofline_of_the_pruned_shape():
     gpu, workload = get_gpu("a100"), Workload()
     dense = estimate(SMOL, workload, gpu)
     assert plan.dense_goal == pytest.approx(dense.request_ms)  # p95 = model time + 0 ms outside the model
-    layers = next(c for c in plan.candidates if c.prune.kind == "layers")
+    layers = next(c for c in plan.candidates if c.prune_kind == "layers")
     assert layers.prune.num_layers == 3 and layers.shape["num_layers"] == 27
     pruned = estimate(SMOL.model_copy(update={"num_layers": 27}), workload, gpu)
     assert layers.predicted_goal == pytest.approx(pruned.request_ms)
     assert layers.predicted_speedup == pytest.approx(dense.request_ms / pruned.request_ms)
     assert layers.predicted["tpot_ms"] == pytest.approx(pruned.decode_ms_per_token)
-    mlp = next(c for c in plan.candidates if c.prune.kind == "mlp_channels")
+    mlp = next(c for c in plan.candidates if c.prune_kind == "mlp_channels")
     # 12.5% of 1536 channels rounded to a multiple of 64 (bf16 on Ampere: 128-byte tiles) = 1344 kept
     assert mlp.prune.round_to == 64 and mlp.shape["intermediate_size"] == 1344
     assert mlp.predicted_goal == pytest.approx(
@@ -214,7 +202,7 @@ def test_predicted_figures_are_the_roofline_of_the_pruned_shape():
 
 def test_unstructured_is_projected_at_the_dense_shape():
     plan = run_scenario(SCENARIOS[0])
-    for r in (r for r in plan.rejected if r.prune.kind == "unstructured"):
+    for r in (r for r in plan.rejected if r.prune_kind == "unstructured"):
         assert r.predicted_speedup == pytest.approx(1.0)
         assert "dense kernels multiply the zeros" in r.reasons[0]
 
@@ -222,15 +210,15 @@ def test_unstructured_is_projected_at_the_dense_shape():
 def test_depth_removes_more_latency_per_parameter_than_width():
     plan = run_scenario(Scenario("generous", "p95-latency", "a100", budget=0.35))
     everything = {c.name: c for c in plan.candidates}
-    layers = [c for c in everything.values() if c.prune.kind == "layers"]
-    mlp = [c for c in everything.values() if c.prune.kind == "mlp_channels"]
+    layers = [c for c in everything.values() if c.prune_kind == "layers"]
+    mlp = [c for c in everything.values() if c.prune_kind == "mlp_channels"]
     per_param = lambda c: (1 - 1 / c.predicted_speedup) / c.params_removed_frac  # noqa: E731
     assert min(per_param(c) for c in layers) > max(per_param(c) for c in mlp)
 
 
 def test_checkpoint_size_predicts_the_compressed_format():
     plan = run_scenario(SCENARIOS[3])
-    cand = next(c for c in plan.candidates if c.prune.kind == "unstructured" and c.prune.sparsity == 0.3)
+    cand = next(c for c in plan.candidates if c.prune_kind == "unstructured" and c.prune.sparsity == 0.3)
     from planner.profile.roofline import linear_parameters, parameter_count
 
     n, lin = parameter_count(SMOL), linear_parameters(SMOL)
@@ -243,19 +231,19 @@ def test_checkpoint_size_predicts_the_compressed_format():
 
 def test_2to4_on_t4_is_projected_dense_and_on_a100_sparse():
     t4 = run_scenario(SCENARIOS[4])
-    nm = [r for r in t4.rejected if r.prune.kind == "nm"]
+    nm = [r for r in t4.rejected if r.prune_kind == "nm"]
     assert nm and all(r.predicted_speedup == pytest.approx(1.0) for r in nm)
     a100 = run_scenario(SCENARIOS[6])
-    kept = next(c for c in a100.candidates if c.prune.kind == "nm")
+    kept = next(c for c in a100.candidates if c.prune_kind == "nm")
     assert kept.predicted_speedup > 1.2  # compute-bound prefill at twice the math peak on the projections
 
 
 def test_heads_round_to_whole_kv_groups():
     plan = run_scenario(Scenario("gqa", "p95-latency", "a100", budget=0.39))
     everything = list(plan.candidates) + list(plan.rejected)
-    kv = sorted(c.prune.ratio for c in everything if c.prune.kind == "heads" and c.prune.mode == "kv_group")
+    kv = sorted(c.prune.ratio for c in everything if c.prune_kind == "heads" and c.prune.mode == "kv_group")
     assert kv == [pytest.approx(1 / 3, abs=1e-4), pytest.approx(2 / 3, abs=1e-4)]  # 1 or 2 of SmolLM2's 3 groups
-    c = next(c for c in plan.candidates if c.prune.kind == "heads" and c.prune.mode == "kv_group")
+    c = next(c for c in plan.candidates if c.prune_kind == "heads" and c.prune.mode == "kv_group")
     assert c.shape["num_kv_heads"] == 2 and c.shape["num_heads"] == 6
 
 
@@ -281,9 +269,9 @@ def test_unknown_profile_facts_leave_their_rules_silent():
 
 def test_head_pruning_unsupported_family_is_rejected_with_the_reason():
     plan = run_scenario(Scenario("gpt2", "p95-latency", "a100", shape=GPT2, budget=0.39))
-    heads = [r for r in plan.rejected if r.prune.kind == "heads"]
+    heads = [r for r in plan.rejected if r.prune_kind == "heads"]
     assert heads and "not supported for 'gpt2'" in heads[0].reasons[0]
-    assert not any(c.prune.kind == "heads" for c in plan.candidates)
+    assert not any(c.prune_kind == "heads" for c in plan.candidates)
 
 
 def test_cost_per_token_uses_the_catalog_price():
@@ -309,5 +297,5 @@ rules:
     gpu, workload = get_gpu("a100"), Workload()
     plan = decide(goal=Goal.P95_LATENCY, gpu=gpu, workload=workload, budget=QualityBudget(), shape=SMOL,
                   ruleset=ruleset, profile_facts=roofline_facts(SMOL, workload, gpu))
-    assert plan.candidates[0].prune.kind == "mlp_channels"
-    assert all("team-no-depth-pruning" in r.rules for r in plan.rejected if r.prune.kind == "layers")
+    assert plan.candidates[0].prune_kind == "mlp_channels"
+    assert all("team-no-depth-pruning" in r.rules for r in plan.rejected if r.prune_kind == "layers")

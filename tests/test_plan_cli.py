@@ -65,7 +65,10 @@ def test_plan_writes_a_ranked_explained_plan(tmp_path, capsys, monkeypatch):
     assert plan.model_path == str(model.resolve()) or plan.model == str(model)
     assert plan.goal.value == "p95-latency" and plan.gpu == "a100-80gb-sxm"
     assert plan.budget.max_ppl_increase == 0.5 and plan.workload.dtype == "bf16"
-    assert plan.verdict.action == "prune" and plan.candidates
+    # a 7B model decoding at batch 1 on an A100 under vLLM: weight-only quantization reads fewer bytes per token
+    # at low risk, and outranks every pruning plan
+    assert plan.verdict.action == "quantize" and plan.candidates and plan.candidates[0].quantize is not None
+    assert plan.candidates[0].prune is None and any(c.prune is not None for c in plan.candidates)
     assert "not_measured" in plan.profile or "measured" not in plan.profile
     top = plan.candidates[0]
     assert top.rank == 1 and top.reasons and top.chosen_by and top.predicted_speedup > 1
@@ -73,7 +76,7 @@ def test_plan_writes_a_ranked_explained_plan(tmp_path, capsys, monkeypatch):
     assert "ranked candidates" in stdout and "projected to a100-80gb-sxm" in stdout
     assert top.label in stdout and "rejected alternatives" in stdout
     assert "dense kernels multiply the zeros" in stdout
-    assert "verdict: prune:" in stdout and "'a100' is a100-80gb-sxm" in stdout
+    assert "verdict: don't prune; quantize:" in stdout and "'a100' is a100-80gb-sxm" in stdout
 
 
 def test_json_output_is_the_plan(tmp_path, tiny_ckpt, capsys):
@@ -193,3 +196,24 @@ def test_main_job_on_the_embedded_model(tmp_path, embedded_path, capsys, monkeyp
     assert ("ranked candidates" in stdout) == bool(plan.candidates) and "verdict:" in stdout
     if not plan.candidates:
         assert plan.verdict.action == "dont_prune" and "batching" in plan.verdict.text
+
+
+def test_the_library_call_makes_the_plan_the_cli_writes(tmp_path, tiny_ckpt, capsys):
+    import planner
+
+    out = tmp_path / "plan.json"
+    code, _, err = run(["--goal", "throughput", "--gpu", "t4", "--model", str(tiny_ckpt), "--no-measure",
+                        "--batch-size", "8", "--max-ppl-increase", "0.3", "-o", str(out)], capsys)
+    assert code == 0, err
+    from_cli = load_plan(out)
+    from_lib = planner.plan("throughput", "t4", model=str(tiny_ckpt), workload={"batch_size": 8},
+                            max_ppl_increase=0.3, measure=False)
+    assert from_lib.workload.dtype == "fp16" and from_lib.workload.runtime == "vllm"  # t4: no bf16 peak
+    assert any("planning for fp16" in n for n in from_lib.notes)
+    strip = {"created_at": True, "profile": {"created_at"}}
+    assert from_lib.model_dump(exclude=strip) == from_cli.model_dump(exclude=strip)
+    assert [c.name for c in from_lib.candidates] == [c.name for c in from_cli.candidates]
+    from planner.errors import InputError
+
+    with pytest.raises(InputError, match="goal"):
+        planner.plan("fastest", "a100", model=str(tiny_ckpt), measure=False)

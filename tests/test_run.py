@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from planner.cli import main
 from planner.decide.plan import Candidate, Plan, Verdict, load_plan, save_plan
@@ -16,6 +17,7 @@ from planner.run import run_plan
 from planner.run.results import load_results
 from planner.workload import Workload
 from tiny import save_tiny
+
 
 def folder_hash(folder: Path) -> str:
     h = hashlib.sha256()
@@ -89,15 +91,15 @@ def test_full_run_writes_dense_and_pruned_quality_and_latency(full_run):
     assert r.speedups[0].measured == pytest.approx(dense.latency.p95_ms / mlp.latency.p95_ms)
     assert {"plan", "model"} <= set(r.provenance.input_hashes)
     assert any(k.startswith("eval_prompts:") for k in r.provenance.input_hashes)
-    assert r.provenance.packages["torch"] == torch.__version__.split("+")[0] or r.provenance.packages["torch"]
+    packages = r.provenance.packages
+    assert {"torch", "transformers", "safetensors", "pydantic", "numpy"} <= set(packages)
+    assert packages["torch"].split("+")[0] == torch.__version__.split("+")[0]  # the torch that ran the stages
+    assert packages["transformers"] == transformers.__version__
     assert [s.name for s in r.stages] == ["teacher", "quality:dense", "prune:1", "recover:1", "quality:1",
                                           "prune:2", "recover:2", "quality:2", "latency"]
     assert folder_hash(model) == before  # the source model is never modified
-    try:
-        import planner.report  # noqa: F401  (written by another engineer)
-    except ImportError:
-        return
-    assert "mlp-50" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "mlp-50" in html and "nm-2-4" in html
 
 
 def test_exported_checkpoints_reload_with_their_shapes_and_masks(full_run):
@@ -158,6 +160,24 @@ def test_bad_run_arguments_exit_2(setup, tmp_path, capsys):
     short.write_text("only a few words")
     assert main(["run", str(plan), "--eval-text", str(short), "--slices", "none", "--out", str(tmp_path / "e")]) == 2
     assert "perplexity needs at least one window of 256" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, run_message, bench_message", [
+    ("requests", 0, "requests must be >= 1, got 0", "benchmark requests must be >= 1, got 0"),
+    ("warmup", -1, "warmup must be >= 0, got -1", "benchmark warmup must be >= 0, got -1"),
+    ("prompt_len", 0, "prompt-len must be >= 1, got 0", "benchmark prompt_len must be >= 1, got 0"),
+    ("runtime", "vlm", "unknown runtime 'vlm'; did you mean vllm?", "unknown runtime 'vlm'; did you mean vllm?"),
+])
+def test_run_options_and_the_benchmark_check_the_same_bounds(option, value, run_message, bench_message):
+    from planner.latency import BenchConfig
+    from planner.run.runner import RunOptions
+
+    with pytest.raises(InputError) as run_error:
+        RunOptions(**{option: value}).check()
+    with pytest.raises(InputError) as bench_error:
+        BenchConfig(**{option: value}).check()
+    assert str(run_error.value).startswith(run_message) and str(bench_error.value).startswith(bench_message)
+    RunOptions(prompt_len=None, gen_len=None, batch_size=None, threads=None).check()  # None: the plan's, or torch's
 
 
 def test_masks_round_trip(tmp_path):

@@ -1,29 +1,7 @@
-"""Shared console helpers: rich for people, `--json` for machines."""
+"""Shared console helpers of the subcommands: rich for people, `--json` for machines (defined in planner.console)."""
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-
-
-def console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def print_json(obj: Any) -> None:
-    """Print a pydantic model, dict or list as JSON on stdout."""
-    if hasattr(obj, "model_dump_json"):
-        sys.stdout.write(obj.model_dump_json(indent=2) + "\n")
-    else:
-        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
+from planner.console import console, err_console, escape, print_json
 
 __all__ = ["console", "err_console", "print_json", "escape"]

@@ -27,6 +27,7 @@ def workload_from_args(args):
     """Build a Workload from --workload FILE and the individual flags; errors name the bad value."""
     from pydantic import ValidationError
 
+    from planner.documents import describe_validation
     from planner.errors import InputError
     from planner.workload import Workload
 
@@ -42,20 +43,4 @@ def workload_from_args(args):
     try:
         return Workload(**data)
     except ValidationError as exc:
-        raise InputError(f"bad workload: {format_validation_error(exc)}") from None
-
-
-def format_validation_error(exc) -> str:
-    """One line per pydantic error: 'field: message (got value)', every value and the count bounded."""
-    from planner.documents import show
-
-    parts = []
-    for e in exc.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
-        got = e.get("input")
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        shown = f" (got {show(got)})" if got is not None and e["type"] != "extra_forbidden" else ""
-        parts.append(f"{loc[:120]}: {msg[:300]}{shown}")
-    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
+        raise InputError(f"bad workload: {describe_validation(exc)}") from None

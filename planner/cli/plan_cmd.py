@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_GPU = "a100"
+from planner.api import DEFAULT_GPU
 DEFAULT_TOP = 5
 
 
@@ -62,141 +62,36 @@ def run_main(args) -> int:
 
 
 def make_plan(args):
-    """Resolve the inputs, profile (cached), decide, write plan.json. Returns (plan, path, seconds taken)."""
+    """Check the output path, make the plan (planner.api.plan), write plan.json. Returns (plan, path, seconds)."""
     import time
 
-    from planner import __version__
+    from planner.api import plan as make
     from planner.cli.common import workload_from_args
-    from planner.decide.engine import decide
-    from planner.decide.plan import is_plan_file
-    from planner.decide.rules import load_rules
+    from planner.decide.plan import is_plan_file, save_plan
     from planner.errors import InputError
-    from planner.gpus import get_gpu, resolution_note
     from planner.workload import parse_goal
 
     started = time.perf_counter()
     goal = parse_goal(args.goal)
-    gpu_name = args.gpu or DEFAULT_GPU
-    gpu = get_gpu(gpu_name)
-    gpu_note = resolution_note(gpu_name)
-    workload, dtype_note = _workload_for(args, gpu, workload_from_args)
-    budget = _budget(args)
-    ruleset = load_rules(args.rules or [])
     out = Path(args.output)
+    workload = workload_from_args(args)
     if out.is_dir() or (out.exists() and not is_plan_file(out)):  # fail before the slow part
         raise InputError(f"refusing to write the plan to {args.output!r}: it exists and is not a plan file; "
                          "choose another -o/--output")
-
-    profile = _profile(args, gpu, workload)
-    from planner.profile.facts import profile_facts
-
-    shape = profile.model.shape
-    plan = decide(goal=goal, gpu=gpu, workload=workload, budget=budget, shape=shape, ruleset=ruleset,
-                  profile_facts=profile_facts(profile), params=profile.model.parameters, model=args.model or "",
-                  model_name=profile.model.name, profile_info=_profile_info(profile),
-                  estimator=_estimator(profile), planner_version=__version__)
-    notes = [n for n in (gpu_note, dtype_note) if n]
-    if notes:
-        plan = plan.model_copy(update={"notes": notes + plan.notes})
-    from planner.decide.plan import save_plan, with_model_identity
-
-    plan = with_model_identity(plan)  # what is printed is what is saved
+    plan = make(goal, args.gpu, model=args.model, workload=workload, max_ppl_increase=args.max_ppl_increase,
+                rules=args.rules or [], threads=getattr(args, "threads", None), measure=not args.no_measure,
+                trust_remote_code=args.trust_remote_code, dtype_fallback=args.dtype is None)
     path = save_plan(plan, out)
     return plan, path, time.perf_counter() - started
-
-
-def _workload_for(args, gpu, workload_from_args):
-    """The workload; a GPU without a peak for the default dtype (T4, V100: no bf16) serves in fp16 instead."""
-    from planner.perf.runtimes import for_target
-
-    workload = for_target(workload_from_args(args), gpu)
-    if gpu.measured_local or gpu.peak_flops(workload.dtype) is not None:
-        return workload, None
-    has = [d for d in ("bf16", "fp16", "fp8", "int8", "fp32") if gpu.peak_flops(d) is not None]
-    if args.dtype is None and "fp16" in has:
-        note = f"{gpu.id} has no {workload.dtype} tensor-core peak: planning for fp16 serving (pass --dtype to choose)"
-        return workload.model_copy(update={"dtype": "fp16"}), note
-    from planner.errors import InputError
-
-    raise InputError(f"{gpu.id} has no {workload.dtype} figure in the catalog; pass --dtype with one it has: "
-                     f"{', '.join(has)}")
-
-
-def _budget(args):
-    from pydantic import ValidationError
-
-    from planner.cli.common import format_validation_error
-    from planner.errors import InputError
-    from planner.workload import QualityBudget
-
-    if args.max_ppl_increase is None:
-        return QualityBudget()
-    try:
-        return QualityBudget(max_ppl_increase=args.max_ppl_increase)
-    except ValidationError as exc:
-        raise InputError(f"--max-ppl-increase {args.max_ppl_increase!r} is invalid: {format_validation_error(exc)} "
-                         "(accepted: a fraction >= 0, e.g. 0.10 for +10%)") from None
-
-
-def _profile(args, gpu, workload):
-    try:
-        from planner.profile import load_or_run_profile
-    except ImportError as exc:  # the profiler package is part of the product; say what is missing
-        from planner.errors import InputError
-
-        raise InputError(f"the profiler is not available in this build ({exc}); `plan` needs planner.profile") from None
-    return load_or_run_profile(args.model, gpu, workload, measure=not args.no_measure,
-                               trust_remote_code=args.trust_remote_code, threads=getattr(args, "threads", None))
-
-
-def _estimator(profile):
-    """The serving model for pruned shapes, on the same peaks and rates the profile projected with (those measured
-    on this host for `cpu`)."""
-    from planner.profile.roofline import estimator_like
-
-    return estimator_like(profile.projected)
-
-
-def _profile_info(profile) -> dict:
-    info = {"projected": profile.projected.label, "created_at": profile.created_at,
-            "local_device": profile.local.label, "model_parameters": profile.model.parameters}
-    if profile._cache_path:
-        info["path"] = profile._cache_path  # `plan run` copies it into the run folder for the report
-    if profile.measured is not None:
-        info["measured"] = profile.measured.label
-    elif profile.measured_note:
-        info["not_measured"] = profile.measured_note
-    return info
 
 
 # -- output -------------------------------------------------------------------------------------------------------
 
 
 def format_metric(metric: str, value) -> str:
-    if value is None:
-        return "—"
-    if metric.endswith("_ms"):
-        if value >= 3.6e6:
-            return f"{value / 3.6e6:,.3g} h"
-        if value >= 1e4:
-            return f"{value / 1e3:,.3g} s"
-        return f"{value:,.3g} ms" if value < 100 else f"{value:,.0f} ms"
-    if metric.endswith("bytes"):
-        for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-            if value >= size:
-                return f"{value / size:,.3g} {unit}"
-        return f"{value:,.0f} B"
-    if metric == "tokens_per_s":
-        return f"{value:,.0f} tok/s"
-    if metric == "usd_per_million_tokens":
-        return f"${value:,.3g}/1M tok"
-    if metric == "gpu_hours_per_million_tokens":
-        return f"{value:,.3g} GPU-h/1M tok"
-    if metric == "kv_tokens":
-        return f"{value / 1e6:,.3g}M tokens" if value >= 1e6 else f"{value:,.0f} tokens"
-    if metric == "kv_bytes_per_token":
-        return f"{value / 1e3:,.3g} kB/token"
-    return f"{value:,.4g}"
+    from planner.goals import format_value
+
+    return format_value(metric, value)
 
 
 def _group_rejected(rejected) -> list[tuple[list[str], str, list[str]]]:
@@ -204,9 +99,11 @@ def _group_rejected(rejected) -> list[tuple[list[str], str, list[str]]]:
     (labels, the first one's reason, rule ids)."""
     groups: dict[tuple, tuple[list[str], str, list[str]]] = {}
     for r in rejected:
-        decided = ("budget", r.quality_risk) if r.rules and r.rules[0] == "budget" else tuple(r.rules[:1])
-        key = (r.prune.kind, decided)
-        reason = r.reasons[0].split(": ", 1)[0] if decided[0] == "budget" else r.reasons[0]
+        first = r.why[0] if r.why else None
+        budget = first is not None and first.kind == "budget"
+        decided = ("budget", r.quality_risk) if budget else tuple(r.rules[:1])
+        key = (r.prune_kind, decided)
+        reason = first.text if budget else (str(first) if first is not None else r.reasons[0])
         labels, _, rules = groups.setdefault(key, ([], reason, []))
         labels.append(r.label)
         rules.extend(x for x in r.rules if x not in rules)
@@ -215,9 +112,10 @@ def _group_rejected(rejected) -> list[tuple[list[str], str, list[str]]]:
 
 def _why(candidate) -> str:
     """The goal-specific reason first (a note rule about this GPU and goal), else what the proposing rule said."""
-    proposed = len([r for r in candidate.chosen_by if r.startswith("consider-")]) or 1
-    notes = [r for r in candidate.reasons[proposed:] if not r.startswith(("quality risk", "recovery:"))]
-    return (notes or candidate.reasons)[0]
+    notes = [w for w in candidate.why if w.kind == "note"]
+    if notes or candidate.why:
+        return str((notes or candidate.why)[0])
+    return candidate.reasons[0] if candidate.reasons else ""
 
 
 def _memory_line(plan) -> str | None:

@@ -93,9 +93,15 @@ def _outcome(rule) -> str:
     then = rule.then
     action = then.action
     if action == "propose":
-        spec = dict(then.propose.spec)
-        kind = spec.pop("kind")
-        return f"propose {kind}" + (f" {then.propose.ratios}" if then.propose.ratios else "")
+        prop = then.propose
+        parts = []
+        if prop.spec is not None:
+            parts.append(prop.spec["kind"] + (f" {prop.ratios}" if prop.ratios else ""))
+        if prop.quantize:
+            parts.append(", ".join(q if isinstance(q, str) else q.get("scheme", "?") for q in prop.quantize))
+        if prop.tensor_parallel:
+            parts.append("tensor parallel " + "/".join(map(str, prop.tensor_parallel)))
+        return "propose " + " + ".join(parts)
     if action in ("dont_prune", "suggest"):
         return f"{action}: {', '.join(getattr(then, action))}"
     if action == "risk":

@@ -19,8 +19,10 @@ from typing import Any, Callable
 from planner.decide import predict as predict_mod
 from planner.decide.candidates import Draft, candidate_label, candidate_name, drafts_from
 from planner.decide.facts import RISK_TIERS, context_facts
-from planner.decide.plan import Candidate, LeverAdvice, Plan, Rejected, Verdict
+from planner.decide.plan import Candidate, LeverAdvice, Plan, Reason, Rejected, Verdict, levers_of
 from planner.decide.rules import LEVERS, Rule, RuleSet, fill
+from planner.goals import lower_is_better
+from planner.kinds import get_kind
 from planner.workload import Goal
 
 # Typical held-out perplexity increase of each tier after the planned recovery, as (low edge, high edge). A tier is
@@ -107,14 +109,19 @@ def _gb(*parts) -> str | None:
 
 
 def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any]:
-    spec = draft.prune
+    from planner.prune.specs import NoPruning
+
+    spec = draft.prune if draft.prune is not None else NoPruning()
+    quant, shard = draft.quantize, draft.shard
     out = dict(facts)
+    out.update(get_kind(spec).facts(spec))
     out.update(
-        kind=spec.kind,
-        structured=spec.kind in ("mlp_channels", "heads", "layers"),
-        criterion=getattr(spec, "criterion", "none"),
+        prunes=spec.kind != "none",
+        quantize=quant.scheme if quant is not None else "none",
+        quant_bits=quant.bits if quant is not None else None,
+        weight_only=quant.weight_only if quant is not None else None,
+        tensor_parallel=shard.tensor_parallel if shard is not None else 1,
         ratio=pred.ratio,
-        head_mode=getattr(spec, "mode", "none") if spec.kind == "heads" else "none",
         params_removed_frac=pred.params_removed_frac,
         recovery=draft.recovery.method,
         predicted_speedup=pred.speedup,
@@ -123,7 +130,8 @@ def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any
     peak, capacity = pred.figures.get("peak_memory_bytes"), facts.get("gpu_memory_gb")
     memory_gb = None if peak is None else peak / 1e9
     out["predicted_memory_gb"] = memory_gb
-    out["predicted_fits"] = None if memory_gb is None or not capacity else memory_gb <= capacity
+    usable = facts.get("gpu_usable_memory_gb") or capacity
+    out["predicted_fits"] = None if memory_gb is None or not usable else memory_gb <= usable
     return out
 
 
@@ -149,20 +157,24 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
     drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
     rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape),
                          label=candidate_label(d.prune, d.recovery, shape), prune=d.prune, recovery=d.recovery,
-                         rules=d.proposed_by, reasons=[why]) for d, why in unfit]
+                         quantize=d.quantize, shard=d.shard,
+                         rules=d.proposed_by, reasons=[why],
+                         why=[Reason(kind="unfit", rules=list(d.proposed_by), text=why)]) for d, why in unfit]
     for draft in drafts:
-        pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator)
-        label = candidate_label(draft.prune, draft.recovery, shape)
+        levers = {"quantize": draft.quantize, "shard": draft.shard}
+        pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator, **levers)
+        label = candidate_label(draft.prune, draft.recovery, shape, **levers)
         cfacts = _candidate_facts(facts, draft, pred)
         memory_gb = cfacts["predicted_memory_gb"]
-        cvalues = dict(values, plan=label, kind=draft.prune.kind, ratio_pct=f"{pred.ratio:.0%}",
+        cvalues = dict(values, plan=label, kind=cfacts["kind"], ratio_pct=f"{pred.ratio:.0%}",
+                       scheme=cfacts["quantize"], tensor_parallel=cfacts["tensor_parallel"],
                        predicted_memory_gb="?" if memory_gb is None else f"{memory_gb:,.1f}",
                        speedup="?" if pred.speedup is None else f"{pred.speedup:.2f}x",
                        gain_pct="?" if pred.gain is None else f"{pred.gain:.0%}")
         outcome = fire_candidate(ruleset, cfacts, cvalues)
         fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         judged = _judge(draft, pred, outcome, ctx, budget, gpu, metric,
-                        name=candidate_name(draft.prune, draft.recovery, shape), label=label,
+                        name=candidate_name(draft.prune, draft.recovery, shape, **levers), label=label,
                         workload_runtime=workload.runtime)
         (rejected if isinstance(judged, Rejected) else kept).append(judged)
 
@@ -184,40 +196,43 @@ def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, b
            name: str, label: str, workload_runtime: str | None = None) -> Candidate | Rejected:
     """Set the candidate aside (don't-prune verdict, a reject rule, no projection, over the budget) or keep it."""
     tier = outcome.tier
-    rules = [r.id for r, _ in ctx.dont_prune] + [r.id for r, _ in outcome.rejections]
-    reasons = [f"don't prune: {text}" for _, text in ctx.dont_prune] + [text for _, text in outcome.rejections]
+    why = [Reason(kind="dont_prune", rules=[r.id], text="don't prune", detail=text) for r, text in ctx.dont_prune]
+    why += [Reason(kind="reject", rules=[r.id], text=text) for r, text in outcome.rejections]
     if pred.speedup is None:
-        rules.append("no-prediction")
-        reasons.append(f"no {metric} projection for {gpu.id}")
+        why.append(Reason(kind="no_prediction", rules=["no-prediction"], text=f"no {metric} projection for {gpu.id}"))
     rated = [(r, text) for r, text in outcome.risks if r.then.risk == tier]  # the rules behind the tier
-    if not reasons and not within_budget(tier, budget.max_ppl_increase):
-        rules += ["budget"] + [r.id for r, _ in rated]
-        why = "; ".join(text for _, text in rated)
-        reasons.append(f"quality risk {tier} (typically > +{TIER_PPL[tier][0]:.0%} perplexity) exceeds the "
-                       f"+{budget.max_ppl_increase:.0%} budget" + (f": {why}" if why else ""))
-    if reasons:
+    if not why and not within_budget(tier, budget.max_ppl_increase):
+        why.append(Reason(kind="budget", rules=["budget"] + [r.id for r, _ in rated],
+                          text=f"quality risk {tier} (typically > +{TIER_PPL[tier][0]:.0%} perplexity) exceeds the "
+                               f"+{budget.max_ppl_increase:.0%} budget",
+                          detail="; ".join(text for _, text in rated)))
+    if why:
         return Rejected(name=name, label=label, prune=draft.prune, recovery=draft.recovery,
-                        predicted_speedup=pred.speedup, quality_risk=tier, rules=rules, reasons=reasons)
+                        quantize=draft.quantize, shard=draft.shard, predicted_speedup=pred.speedup, quality_risk=tier,
+                        rules=[rule for w in why for rule in w.rules], reasons=[str(w) for w in why], why=why)
     risk_text = "; ".join(text for _, text in rated) or "no risk rule matched: rated medium by default"
     chosen_by = draft.proposed_by + [r.id for r, _ in outcome.notes] + [r.id for r, _ in rated]
+    why = [Reason(kind="proposed", rules=[rule], text=text) for rule, text in zip(draft.proposed_by, draft.statements)]
+    why += [Reason(kind="recovery" if r.when.facts_used() == {"recovery"} else "note", rules=[r.id], text=text)
+            for r, text in outcome.notes]
+    why.append(Reason(kind="risk", rules=[r.id for r, _ in rated], text=f"quality risk {tier}", detail=risk_text))
     score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
     model = f"serving-stack model, {workload_runtime}" if workload_runtime else "roofline model"
     return Candidate(
-        rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, projected_to=gpu.id,
+        rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, quantize=draft.quantize,
+        shard=draft.shard, projected_to=gpu.id,
         basis=f"projected to {gpu.id} ({model})", goal_metric=pred.metric, predicted_goal=pred.value,
         predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
         params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
-        chosen_by=list(dict.fromkeys(chosen_by)),
-        reasons=draft.statements + [text for _, text in outcome.notes] + [f"quality risk {tier}: {risk_text}"],
-        notes=pred.notes)
+        chosen_by=list(dict.fromkeys(chosen_by)), reasons=[str(w) for w in why], why=why, notes=pred.notes)
 
 
 def _spec_defaults(gpu, workload) -> dict[str, dict]:
-    """Spec fields a rule may leave to the target: MLP widths in the multiple the GPU's GEMM tiles like."""
-    from planner.prune.structured.rounding import default_round_to
+    """Spec fields a rule may leave to the target, by kind (e.g. MLP widths in the multiple the GPU's GEMM tiles
+    like)."""
+    from planner.kinds import kinds
 
-    dtype = workload.dtype if workload.dtype in ("fp32", "bf16", "fp16", "fp8", "int8") else "fp32"
-    return {"mlp_channels": {"round_to": default_round_to(None if gpu.measured_local else gpu, dtype)}}
+    return {name: defaults for name, kind in kinds().items() if (defaults := kind.spec_defaults(gpu, workload))}
 
 
 def _levers(entries: list[tuple[Rule, str]], field_name: str) -> list[LeverAdvice]:
@@ -257,7 +272,7 @@ def _runtime_advice(by_runtime: dict[str, float | None], workload, metric: str) 
     current = by_runtime.get(workload.runtime or "")
     if not current:
         return None
-    lower = metric in predict_mod.LOWER_IS_BETTER
+    lower = lower_is_better(metric)
     gains = {name: (current / v if lower else v / current) for name, v in by_runtime.items()
              if v and name != workload.runtime}
     if not gains:
@@ -295,11 +310,16 @@ def _verdict_core(ctx: ContextOutcome, candidates: list[Candidate], goal: Goal, 
                        text=f"don't prune; use {', '.join(a.lever for a in levers)}: no candidate is predicted to "
                             f"improve {goal.value} on {gpu.id} within the quality budget")
     top = candidates[0]
-    text = (f"prune: {top.label} — predicted {goal.value} {top.predicted_speedup:.2f}x better, "
+    levers = levers_of(top) or ["prune"]
+    action = "+".join(levers)
+    lead = {"prune": "prune", "quantize": "don't prune; quantize", "shard": "don't prune; shard",
+            "prune+quantize": "prune and quantize", "prune+shard": "prune and shard",
+            "quantize+shard": "don't prune; quantize and shard"}.get(action, action.replace("+", " and "))
+    text = (f"{lead}: {top.label} — predicted {goal.value} {top.predicted_speedup:.2f}x better, "
             f"projected to {gpu.id}; quality risk {top.quality_risk}; measure it with `plan run`")
     if suggested:
         text += f"; also consider {', '.join(a.lever for a in suggested)}"
-    return Verdict(action="prune", levers=suggested, text=text)
+    return Verdict(action=action, levers=suggested, text=text)
 
 
 def _plan_notes(goal: Goal, gpu, workload=None) -> list[str]:

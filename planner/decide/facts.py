@@ -15,18 +15,51 @@ None is false, so `{fact: x, lt: 3}` and `{fact: x, ge: 3}` are both false when 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from planner.workload import DTYPES, Goal
 
 FactType = Literal["number", "bool", "enum", "text"]
 Scope = Literal["context", "candidate"]
 
-PRUNE_KINDS = ("none", "unstructured", "nm", "mlp_channels", "heads", "layers")
-CRITERIA = ("none", "magnitude", "wanda", "sparsegpt", "activation", "taylor", "block_influence", "ablation")
-RECOVERY_METHODS = ("none", "lora", "distill", "finetune")
-HEAD_MODES = ("none", "kv_group", "per_group")
 RISK_TIERS = ("low", "medium", "high", "severe")
+
+
+# The candidate facts' choices come from the registered kinds and the spec types, so a new kind (and its
+# criteria and modes) is a valid value in a rule as soon as it is registered.
+def prune_kinds() -> tuple[str, ...]:
+    from planner.kinds import kind_names
+
+    return tuple(kind_names())
+
+
+def _spec_choices(field: str) -> Callable[[], tuple[str, ...]]:
+    def choices() -> tuple[str, ...]:
+        from planner.kinds import kinds
+        from planner.prune.specs import field_choices
+
+        kinds()  # the built-in kinds registered first
+        return ("none", *field_choices(field))
+
+    return choices
+
+
+def recovery_methods() -> tuple[str, ...]:
+    from typing import get_args
+
+    from planner.recover.specs import RecoverySpec
+
+    return get_args(RecoverySpec.model_fields["method"].annotation)
+
+
+def quant_schemes() -> tuple[str, ...]:
+    from planner.quant.specs import SCHEMES
+
+    return ("none", *SCHEMES)
+
+
+criteria = _spec_choices("criterion")
+head_modes = _spec_choices("mode")
 
 
 @dataclass(frozen=True)
@@ -35,12 +68,18 @@ class Fact:
     type: FactType
     source: str  # where the value comes from, for `plan rules --facts` and for error messages
     description: str
-    choices: tuple[str, ...] = ()
+    fixed_choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
     scope: Scope = "context"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The accepted values of an enum fact (empty for other types)."""
+        given = self.fixed_choices
+        return tuple(given()) if callable(given) else given
 
 
 def _f(name, type_, source, description, choices=(), scope: Scope = "context") -> Fact:
-    return Fact(name, type_, source, description, tuple(choices), scope)
+    return Fact(name, type_, source, description, choices if callable(choices) else tuple(choices), scope)
 
 
 _GOALS = tuple(g.value for g in Goal)
@@ -60,6 +99,8 @@ _FACT_LIST = [
     _f("gpu_fp8", "bool", "GPU catalog", "the GPU has FP8 tensor cores"),
     _f("gpu_int8", "bool", "GPU catalog", "the GPU has INT8 tensor cores / matrix units"),
     _f("gpu_memory_gb", "number", "GPU catalog", "GPU memory, GB"),
+    _f("gpu_usable_memory_gb", "number", "GPU catalog + runtime profile",
+       "GPU memory the runtime lets the model use: memory x the runtime's utilisation setting - its reserve, GB"),
     _f("gpu_has_price", "bool", "GPU catalog", "the catalog has an example price per GPU-hour"),
     _f("gpu_is_local", "bool", "GPU catalog", "the target is the local host, measured at run time"),
     # -- the workload (--workload / flags)
@@ -113,16 +154,26 @@ _FACT_LIST = [
     _f("request_ms_projected", "number", "profile", "model time per request projected to the GPU, ms"),
     _f("non_model_share", "number", "profile", "non-model time / (non-model + model time) per request"),
     # -- one candidate (candidate-scope: reject and risk rules only)
-    _f("kind", "enum", "candidate", "granularity of the candidate", PRUNE_KINDS, "candidate"),
+    _f("kind", "enum", "candidate", "pruning granularity of the candidate (none: it does not prune)", prune_kinds,
+       "candidate"),
+    _f("prunes", "bool", "candidate", "the candidate prunes (removes or zeroes weights)", (), "candidate"),
+    _f("quantize", "enum", "candidate", "quantization scheme of the candidate (none: it does not quantize)",
+       quant_schemes, "candidate"),
+    _f("quant_bits", "number", "candidate", "bits per stored weight of the quantized layers (absent: not quantized)",
+       (), "candidate"),
+    _f("weight_only", "bool", "candidate", "weight-only quantization: activations and math stay in the serving dtype",
+       (), "candidate"),
+    _f("tensor_parallel", "number", "candidate", "GPUs the candidate shards the model over (1: one GPU)", (),
+       "candidate"),
     _f("structured", "bool", "candidate", "removes whole channels/heads/layers (smaller dense tensors)", (),
        "candidate"),
-    _f("criterion", "enum", "candidate", "saliency criterion", CRITERIA, "candidate"),
+    _f("criterion", "enum", "candidate", "saliency criterion", criteria, "candidate"),
     _f("ratio", "number", "candidate",
        "fraction removed of what the step prunes: sparsity, MLP channels, heads, layers; n/m for N:M", (), "candidate"),
-    _f("head_mode", "enum", "candidate", "head pruning mode (none for other kinds)", HEAD_MODES, "candidate"),
+    _f("head_mode", "enum", "candidate", "head pruning mode (none for other kinds)", head_modes, "candidate"),
     _f("params_removed_frac", "number", "candidate",
        "fraction of all parameters removed (structured) or zeroed (masks)", (), "candidate"),
-    _f("recovery", "enum", "candidate", "recovery method", RECOVERY_METHODS, "candidate"),
+    _f("recovery", "enum", "candidate", "recovery method", recovery_methods, "candidate"),
     _f("predicted_speedup", "number", "candidate",
        "goal metric, dense / pruned (x times better), projected to the target GPU", (), "candidate"),
     _f("predicted_gain", "number", "candidate", "1 - 1/predicted_speedup: the share of the goal metric saved",
@@ -161,6 +212,7 @@ def context_facts(*, goal: Goal, gpu, workload, budget, shape=None, params: int 
         "gpu_fp8": peaks.fp8 is not None,
         "gpu_int8": peaks.int8 is not None,
         "gpu_memory_gb": gpu.memory_gb,
+        "gpu_usable_memory_gb": _usable_memory_gb(gpu, workload),
         "gpu_has_price": gpu.price is not None,
         "gpu_is_local": bool(gpu.measured_local),
         "dtype": dtype,
@@ -188,12 +240,21 @@ def context_facts(*, goal: Goal, gpu, workload, budget, shape=None, params: int 
     for name in ("num_layers", "gqa"):  # the profile reports these too; the shape is the source when both exist
         if facts.get(name) is None and profile_facts.get(name) is not None:
             facts[name] = profile_facts[name]
+    usable, headroom, capacity = facts["gpu_usable_memory_gb"], facts.get("memory_headroom_frac"), gpu.memory_gb
+    if usable is not None and headroom is not None and capacity:  # the runtime's reserve counts against the fit
+        facts["fits_on_gpu"] = capacity * (1.0 - headroom) <= usable
     weights, kv = facts.get("weights_gb"), facts.get("kv_cache_gb")
     known = weights is not None and kv is not None and weights + kv > 0
     facts["kv_cache_share"] = kv / (weights + kv) if known else None
     for name in CONTEXT_FACTS:
         facts.setdefault(name, None)
     return facts
+
+
+def _usable_memory_gb(gpu, workload) -> float | None:
+    from planner.perf.runtimes import usable_memory_gb
+
+    return usable_memory_gb(gpu, getattr(workload, "runtime", None))
 
 
 def check_value(fact: Fact, value: Any) -> str | None:

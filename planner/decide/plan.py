@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from planner.documents import show
 from planner.errors import InputError
 from planner.prune.specs import CalibrationSpec, PruneSpec
+from planner.quant.specs import QuantSpec
 from planner.recover.specs import RecoverySpec
 from planner.workload import Goal, QualityBudget, Workload
 
@@ -32,13 +33,61 @@ class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class ShardSpec(_Doc):
+    """Tensor parallelism over N GPUs of the target type: each decoder layer's weights and work split N ways, two
+    all-reduces per layer (planner.perf.serving)."""
+
+    version: int = 1
+    tensor_parallel: int = Field(ge=2, le=16)
+
+    @property
+    def label(self) -> str:
+        return f"tensor parallel x{self.tensor_parallel}"
+
+
+LEVER_ORDER = ("prune", "quantize", "shard")
+
+
+def levers_of(item) -> list[str]:
+    """The levers a candidate applies, in a fixed order: prune, quantize, shard."""
+    return [name for name in LEVER_ORDER if getattr(item, name, None) is not None
+            and not (name == "prune" and getattr(item.prune, "kind", None) == "none")]
+
+
+ReasonKind = Literal["proposed", "note", "recovery", "risk", "reject", "budget", "dont_prune", "no_prediction",
+                     "unfit"]
+
+
+class Reason(_Doc):
+    """One reason, as the decision made it: which rules, what kind of reason, the text (and its detail, e.g. the risk
+    rules behind a budget rejection). `str(reason)` is the line `reasons` shows."""
+
+    kind: ReasonKind
+    rules: list[str] = Field(default_factory=list)
+    text: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.text}: {self.detail}" if self.detail else self.text
+
+
+def _legacy_why(data: Any) -> Any:
+    """Plans written before structured reasons: each reason line becomes a note (the risk line a risk)."""
+    if isinstance(data, dict) and "why" not in data and isinstance(data.get("reasons"), list):
+        data = dict(data, why=[{"kind": "risk" if str(r).startswith("quality risk") else "note", "text": str(r)}
+                               for r in data["reasons"]])
+    return data
+
+
 class Candidate(_Doc):
     """One ranked pruning plan: what to prune, how to recover, what it is predicted to do, and why."""
 
     rank: int = Field(ge=1)
     name: str  # short id, e.g. "mlp_channels-25-activation-distill"
     label: str  # for people, e.g. "MLP channels -25% (activation) + distill"
-    prune: PruneSpec
+    prune: PruneSpec | None  # the pruning step, or None (a quantization or sharding candidate)
+    quantize: QuantSpec | None = None  # the quantization scheme, or None
+    shard: ShardSpec | None = None  # tensor parallelism, or None
     recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     projected_to: str  # target GPU id
@@ -53,8 +102,20 @@ class Candidate(_Doc):
     quality_risk: RiskTier
     score: float = 0.0  # what ranked it: predicted gain x the risk tier's weight
     chosen_by: list[str] = Field(default_factory=list)  # ids of the rules that proposed, noted and rated it
-    reasons: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)  # the `why` lines as text
     notes: list[str] = Field(default_factory=list)  # how the figures were projected
+    why: list[Reason] = Field(default_factory=list)
+
+    _legacy = model_validator(mode="before")(_legacy_why)
+
+    @property
+    def prune_kind(self) -> str:
+        """The pruning kind, "none" for a candidate that does not prune."""
+        return self.prune.kind if self.prune is not None else "none"
+
+    @property
+    def levers(self) -> list[str]:
+        return levers_of(self)
 
 
 class Rejected(_Doc):
@@ -62,12 +123,26 @@ class Rejected(_Doc):
 
     name: str
     label: str
-    prune: PruneSpec
+    prune: PruneSpec | None
+    quantize: QuantSpec | None = None
+    shard: ShardSpec | None = None
     recovery: RecoverySpec | None = None
     predicted_speedup: float | None = None
     quality_risk: RiskTier | None = None
     rules: list[str] = Field(default_factory=list)  # ids of the rules (or "budget") that rejected it
-    reasons: list[str] = Field(min_length=1)
+    reasons: list[str] = Field(min_length=1)  # the `why` lines as text
+    why: list[Reason] = Field(default_factory=list)
+
+    _legacy = model_validator(mode="before")(_legacy_why)
+
+    @property
+    def prune_kind(self) -> str:
+        """The pruning kind, "none" for a candidate that does not prune."""
+        return self.prune.kind if self.prune is not None else "none"
+
+    @property
+    def levers(self) -> list[str]:
+        return levers_of(self)
 
 
 class LeverAdvice(_Doc):
@@ -76,8 +151,14 @@ class LeverAdvice(_Doc):
     rules: list[str] = Field(default_factory=list)
 
 
+VERDICT_ACTIONS = ("prune", "quantize", "shard", "prune+quantize", "prune+shard", "quantize+shard",
+                   "prune+quantize+shard", "dont_prune")
+
+
 class Verdict(_Doc):
-    action: Literal["prune", "dont_prune"]
+    # the winning candidate's levers ("prune", "quantize", "prune+quantize", ...), or "dont_prune" (no candidate:
+    # the levers below instead)
+    action: Literal[VERDICT_ACTIONS]  # type: ignore[valid-type]
     text: str  # the one-line verdict
     levers: list[LeverAdvice] = Field(default_factory=list)  # other levers that fit (instead of, or with, pruning)
     rules: list[str] = Field(default_factory=list)  # rules that decided "don't prune", if any
@@ -129,16 +210,9 @@ class Plan(_Doc):
 
 
 def _format_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown key")
-            continue
-        got = err.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {show(got)})"
-        parts.append(f"{where[:120]}: {err['msg'].removeprefix('Value error, ')[:300]}{shown}")
-    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
+    from planner.documents import describe_validation
+
+    return describe_validation(exc, noun="key")
 
 
 def parse_plan(data: Any, where: str = "plan") -> Plan:
@@ -199,6 +273,6 @@ def with_model_identity(plan: Plan) -> Plan:
     return plan.model_copy(update={"model_path": identity[0], "model_fingerprint": identity[1]})
 
 
-__all__ = ["Plan", "Candidate", "Rejected", "Verdict", "LeverAdvice", "load_plan", "save_plan", "parse_plan",
+__all__ = ["Plan", "Candidate", "Rejected", "Reason", "ShardSpec", "levers_of", "Verdict", "LeverAdvice", "load_plan", "save_plan", "parse_plan",
            "with_model_identity",
            "PLAN_VERSION"]

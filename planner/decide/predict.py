@@ -15,25 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from planner.goals import goal_spec
+from planner.goals import lower_is_better as _lower_is_better
+from planner.kinds import get_kind
 from planner.workload import Goal
-
-# goal -> (name of the predicted figure, True when lower is better)
-GOAL_METRIC: dict[Goal, tuple[str, bool]] = {
-    Goal.P50_LATENCY: ("p50_ms", True),
-    Goal.P95_LATENCY: ("p95_ms", True),
-    Goal.P99_LATENCY: ("p99_ms", True),
-    Goal.TTFT: ("ttft_ms", True),
-    Goal.TPOT: ("tpot_ms", True),
-    Goal.THROUGHPUT: ("tokens_per_s", False),
-    Goal.COST_PER_TOKEN: ("usd_per_million_tokens", True),
-    Goal.PEAK_MEMORY: ("peak_memory_bytes", True),
-    Goal.CHECKPOINT_SIZE: ("file_bytes", True),
-    Goal.KV_CAPACITY: ("kv_tokens", False),
-}
-
-UNITS = {"ms": "ms", "tokens_per_s": "tok/s", "usd_per_million_tokens": "$/1M tok",
-         "gpu_hours_per_million_tokens": "GPU-h/1M tok", "bytes": "B", "kv_tokens": "tokens"}
-
 
 @dataclass
 class Prediction:
@@ -75,30 +60,7 @@ def pruned_shape(shape, spec):
     Counts come from the pruning engines' own rounding (whole KV groups, MLP widths in multiples of round_to), so
     the shape projected here is the shape `plan run` will produce. Raises InputError where the step cannot be
     honoured (a ratio that removes nothing whole, head pruning on a family that does not support it)."""
-    kind = spec.kind
-    if kind == "mlp_channels":
-        from planner.prune.structured.rounding import kept_count
-
-        inter = shape.intermediate_size
-        kept = kept_count(inter, spec.ratio, spec.round_to, "mlp_channels")
-        return shape.model_copy(update={"intermediate_size": kept}), 1 - kept / inter
-    if kind == "heads":
-        from planner.prune.structured.heads import plan_head_counts
-
-        heads, kv = plan_head_counts(shape, spec)
-        return shape.model_copy(update={"num_heads": heads, "num_kv_heads": kv}), 1 - heads / shape.num_heads
-    if kind == "layers":
-        if spec.num_layers >= shape.num_layers:
-            from planner.errors import InputError
-
-            raise InputError(f"layers num_layers={spec.num_layers} would remove all {shape.num_layers} layers")
-        return shape.model_copy(update={"num_layers": shape.num_layers - spec.num_layers}), \
-            spec.num_layers / shape.num_layers
-    if kind == "unstructured":
-        return shape, spec.sparsity
-    if kind == "nm":
-        return shape, spec.n / spec.m
-    return shape, 0.0
+    return get_kind(spec).pruned_shape(shape, spec)
 
 
 def _shape_dict(shape) -> dict[str, int]:
@@ -116,45 +78,52 @@ def _default_estimator():
 
 
 def uses_sparse_kernel(spec, gpu, dtype: str) -> bool:
-    return spec.kind == "nm" and (spec.n, spec.m) == (2, 4) and dtype in gpu.sparse_2to4.dtypes
+    return get_kind(spec).sparse_kernel(spec, gpu, dtype)
 
 
-def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None) -> tuple[dict, list[str]]:
-    """Every projected figure for `spec` applied to `shape`, and notes on how they were obtained."""
+def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, quantize=None,
+            shard=None) -> tuple[dict, list[str]]:
+    """Every projected figure for `spec` (a pruning step, or None) applied to `shape`, with the weights quantized
+    by `quantize` and the model split over `shard.tensor_parallel` GPUs (each may be None), and notes on how they
+    were obtained. Memory figures are per GPU; cost counts every GPU."""
+    from planner.prune.specs import NoPruning
+
     estimator = estimator or _default_estimator()
-    new_shape, _ = pruned_shape(shape, spec)
-    sparse = uses_sparse_kernel(spec, gpu, workload.dtype)
-    est = estimator(new_shape, workload, gpu, sparse_2to4=sparse)
-    notes: list[str] = []
+    spec = spec if spec is not None else NoPruning()
+    kind = get_kind(spec)
+    new_shape, _ = kind.pruned_shape(shape, spec)
+    sparse = kind.sparse_kernel(spec, gpu, workload.dtype)
+    serving = {}
+    if quantize is not None:
+        serving["weight_format"] = quantize.scheme
+    if shard is not None:
+        serving["tensor_parallel"] = shard.tensor_parallel
+    est = estimator(new_shape, workload, gpu, sparse_2to4=sparse, **serving)
     b = workload.dtype_bytes
     weight_bytes = float(est.weight_bytes)  # resident weights: the roofline stores applied 2:4 compressed
     lin_bytes = linear_params(new_shape) * b
-    if spec.kind == "unstructured":
-        notes.append("unstructured zeros stay in dense tensors: projected at the dense shape and dense kernels")
-    elif spec.kind == "nm" and not sparse:
-        notes.append(f"{spec.n}:{spec.m} runs at the dense rate on {gpu.id} for {workload.dtype}: "
-                     "projected at the dense shape")
-    elif sparse:
-        notes.append(f"2:4 on {gpu.id}'s sparse tensor cores for {workload.dtype}, assuming a sparse kernel exists "
-                     "for every projection shape; measured 2:4 gains are often smaller, and can be zero in decode")
-    file_bytes = weight_bytes
-    if spec.kind == "unstructured":
-        # compressed sparse format: a bitmask (1 bit per weight) + the non-zero values
-        file_bytes = weight_bytes - lin_bytes + lin_bytes * (1 - spec.sparsity) + lin_bytes / (8 * b)
-        notes.append("file size in a compressed sparse format (bitmask + non-zeros); a dense safetensors file "
-                     "keeps every zero and does not shrink")
-    elif spec.kind == "nm":
-        # kept values + an index of log2(m) bits per kept value (2:4: 2 bits); weight_bytes is dense unless the
-        # sparse kernel applies, so start from the dense linear bytes
-        dense_weights = weight_bytes if not sparse else float(est.parameters) * b
-        kept = (spec.m - spec.n) / spec.m
-        index_bits = max(1, (spec.m - 1).bit_length())
-        file_bytes = dense_weights - lin_bytes + lin_bytes * kept * (1 + index_bits / (8 * b))
-        notes.append(f"file size in a compressed {spec.n}:{spec.m} format (kept values + indices); a dense "
-                     "safetensors file does not shrink")
+    notes = list(kind.projection_notes(spec, gpu, workload.dtype, sparse))
+    file_bytes, file_notes = kind.file_bytes(spec, weight_bytes=weight_bytes,
+                                             dense_weight_bytes=float(est.parameters) * b,
+                                             linear_bytes=lin_bytes, dtype_bytes=b, sparse=sparse)
+    notes += file_notes
+    if quantize is not None:
+        # the decoder blocks' linear weights are stored quantized (scales included); embeddings stay dense
+        saved = lin_bytes - linear_params(new_shape) * quantize.bytes_per_weight(b)
+        weight_bytes -= saved
+        file_bytes -= saved
+        notes.append(_format_note(est, quantize.scheme, workload))
+    per_gpu = 1
+    if shard is not None:
+        per_gpu = shard.tensor_parallel
+        layers = lin_bytes if quantize is None else lin_bytes * quantize.bytes_per_weight(b) / b
+        weight_bytes = weight_bytes - layers + layers / per_gpu  # embeddings and LM head replicated
+        notes.append(f"tensor parallel over {per_gpu} {gpu.id}: decoder weights, KV cache and work split "
+                     f"{per_gpu} ways, two all-reduces per layer ({_all_reduce_source(est)}); memory figures are "
+                     "per GPU, cost counts every GPU")
     runtime_weights = weight_bytes
-    kv_bytes = float(est.kv_cache_bytes)
-    kv_per_token = float(est.kv_cache_bytes_per_token) or None
+    kv_bytes = float(est.kv_cache_bytes) / per_gpu
+    kv_per_token = (float(est.kv_cache_bytes_per_token) / per_gpu) or None
     kv_tokens = None
     if gpu.memory_bytes and kv_per_token:
         kv_tokens = max(0.0, (gpu.memory_bytes - runtime_weights) / kv_per_token)
@@ -163,13 +132,13 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None) ->
     tokens_per_s = float(est.tokens_per_s) if est.tokens_per_s else None
     usd = None
     if gpu.price is not None and tokens_per_s:
-        usd = gpu.price.usd_per_hour / (tokens_per_s * 3600.0) * 1e6
+        usd = gpu.price.usd_per_hour * per_gpu / (tokens_per_s * 3600.0) * 1e6
     out = {
         "prefill_ms": float(est.prefill_ms), "decode_ms_per_token": float(est.decode_ms_per_token),
         "ttft_ms": float(est.ttft_ms), "tpot_ms": float(est.tpot_ms), "request_ms": request_ms,
         "p50_ms": p_ms, "p95_ms": p_ms, "p99_ms": p_ms, "tokens_per_s": tokens_per_s,
         "usd_per_million_tokens": usd,
-        "gpu_hours_per_million_tokens": 1e6 / (tokens_per_s * 3600.0) if tokens_per_s else None,
+        "gpu_hours_per_million_tokens": per_gpu * 1e6 / (tokens_per_s * 3600.0) if tokens_per_s else None,
         "weight_bytes": runtime_weights, "kv_cache_bytes": kv_bytes,
         "peak_memory_bytes": runtime_weights + kv_bytes + float(est.activation_bytes),
         "file_bytes": file_bytes, "kv_bytes_per_token": kv_per_token, "kv_tokens": kv_tokens,
@@ -177,42 +146,47 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None) ->
     return out, notes
 
 
+def _format_note(est, scheme: str, workload) -> str:
+    """What the runtime's kernel table made of a weight format, from the serving model (decode phase)."""
+    if est.serving is None:
+        return (f"{scheme}: no serving runtime in the projection, so the weights' smaller bytes are not projected "
+                "as speed (dense rate)")
+    text = est.serving.decode.formats.get(scheme) if hasattr(est.serving, "decode") else None
+    return f"{scheme} in decode: {text}" if text else f"{scheme}: projected with {workload.runtime}'s kernel table"
+
+
+def _all_reduce_source(est) -> str:
+    return f"{est.runtime}'s all-reduce figures" if est.runtime else "no runtime: all-reduce not projected"
+
+
 def goal_metric(goal: Goal, dense: dict) -> str:
-    """The figure a goal is judged by; cost in GPU-hours where the GPU has no price, KV capacity in bytes per token
-    where it has no memory figure."""
-    metric, _ = GOAL_METRIC[goal]
-    if goal is Goal.COST_PER_TOKEN and dense.get(metric) is None:
-        return "gpu_hours_per_million_tokens"
-    if goal is Goal.KV_CAPACITY and dense.get(metric) is None:
-        return "kv_bytes_per_token"
-    return metric
+    """The figure a goal is judged by; its fallback (cost in GPU-hours where the GPU has no price, KV capacity in
+    bytes per token where it has no memory figure) where the target lacks the data."""
+    spec = goal_spec(goal)
+    if spec.fallback and dense.get(spec.predicted) is None:
+        return spec.fallback
+    return spec.predicted
 
 
-LOWER_IS_BETTER = {name for name, lower in GOAL_METRIC.values() if lower} | {"gpu_hours_per_million_tokens",
-                                                                             "kv_bytes_per_token"}
-
-
-def predict(shape, spec, workload, gpu, goal: Goal, dense: dict, *, estimator: Callable | None = None) -> Prediction:
+def predict(shape, spec, workload, gpu, goal: Goal, dense: dict, *, estimator: Callable | None = None,
+            quantize=None, shard=None) -> Prediction:
     """The candidate's goal figure against the dense figures `dense` (from `figures(shape, NoPruning(), ...)`)."""
+    from planner.prune.specs import NoPruning
+
     metric = goal_metric(goal, dense)
-    lower_better = metric in LOWER_IS_BETTER
-    figs, notes = figures(shape, spec, workload, gpu, estimator=estimator)
-    if metric == "gpu_hours_per_million_tokens":
-        notes.append(f"{gpu.id} has no example price: cost per token in GPU-hours per 1M tokens")
-    if metric == "kv_bytes_per_token":
-        notes.append(f"{gpu.id} has no memory figure: KV capacity compared as KV bytes per token")
+    spec = spec if spec is not None else NoPruning()
+    figs, notes = figures(shape, spec, workload, gpu, estimator=estimator, quantize=quantize, shard=shard)
+    gspec = goal_spec(goal)
+    if metric != gspec.predicted and gspec.fallback_note:
+        notes.append(gspec.fallback_note.format(gpu=gpu.id))
     value, dense_value = figs.get(metric), dense.get(metric)
     speedup = None
     if value and dense_value:
-        speedup = dense_value / value if lower_better else value / dense_value
-    new_shape, ratio = pruned_shape(shape, spec)
+        speedup = dense_value / value if _lower_is_better(metric) else value / dense_value
+    kind = get_kind(spec)
+    new_shape, ratio = kind.pruned_shape(shape, spec)
     params_before = total_params(shape)
-    if spec.kind in ("unstructured", "nm"):
-        removed = linear_params(shape) * ratio
-        params_after = params_before
-    else:
-        params_after = total_params(new_shape)
-        removed = params_before - params_after
+    params_after, removed = kind.params_after(shape, new_shape, ratio)
     return Prediction(metric=metric, value=value, dense_value=dense_value, speedup=speedup, figures=figs,
                       shape=_shape_dict(new_shape), params=params_after, params_removed_frac=removed / params_before,
                       ratio=ratio, notes=notes)

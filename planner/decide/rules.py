@@ -45,8 +45,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 
 from planner.decide.conditions import Always, ConditionError, parse_condition
-from planner.decide.facts import CANDIDATE_FACTS, PRUNE_KINDS, RISK_TIERS
-from planner.documents import show
+from planner.decide.facts import CANDIDATE_FACTS, RISK_TIERS
 from planner.errors import InputError, did_you_mean
 from planner.paths import rules_dir
 
@@ -74,9 +73,7 @@ Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
 PLACEHOLDERS = ("gpu", "gpu_name", "goal", "dtype", "metric", "speedup", "gain_pct", "plan", "kind", "ratio_pct",
                 "tier", "budget_pct", "non_model_share_pct", "batch_size", "group_size", "num_kv_heads",
                 "memory_gb", "gpu_memory_gb", "predicted_memory_gb", "runtime", "decode_overhead_pct",
-                "prefill_overhead_pct")
-
-RATIO_FIELD = {"unstructured": "sparsity", "mlp_channels": "ratio", "heads": "ratio", "layers": "num_layers"}
+                "prefill_overhead_pct", "scheme", "tensor_parallel", "gpu_usable_memory_gb")
 
 
 def _condition(value: Any):
@@ -94,21 +91,46 @@ class _Doc(BaseModel):
 
 
 class Proposal(_Doc):
-    """Candidates to consider: `spec` is a pruning spec without its ratio; one candidate per ratio x recovery."""
+    """Candidates to consider. `spec`: a pruning spec without its ratio (one candidate per ratio); `quantize`:
+    quantization schemes (each alone, or with every pruning ratio when `spec` is given too); `tensor_parallel`:
+    GPU counts to shard over (likewise). Every combination is a candidate, once per recovery."""
 
-    spec: dict[str, Any]
+    spec: dict[str, Any] | None = None
     ratios: list[float] = Field(default_factory=list, description="fraction removed; layers: of the layers")
+    quantize: list[str | dict[str, Any]] = Field(default_factory=list,
+                                                 description="schemes, e.g. int8-weight-only or {scheme: ..., "
+                                                             "group_size: 128}")
+    tensor_parallel: list[int] = Field(default_factory=list, description="GPUs to shard over, e.g. [2, 4]")
     recovery: list[str | dict[str, Any]] = Field(default_factory=lambda: ["distill"])
 
     @model_validator(mode="after")
     def _check(self) -> "Proposal":
+        if self.spec is None and not self.quantize and not self.tensor_parallel:
+            raise ValueError("a proposal needs a pruning `spec`, `quantize` schemes or `tensor_parallel` counts")
+        if self.spec is not None:
+            self._check_spec()
+        elif self.ratios:
+            raise ValueError(f"ratios: only a pruning `spec` takes ratios, got {self.ratios}")
+        for choice in self.quantize:
+            quant_spec(choice)
+        bad = [n for n in self.tensor_parallel if not isinstance(n, int) or not 2 <= n <= 16]
+        if bad:
+            raise ValueError(f"tensor_parallel: GPU counts from 2 to 16 (got {bad[0]!r})")
+        for choice in self.recovery:
+            recovery_spec(choice)
+        return self
+
+    def _check_spec(self) -> None:
+        from planner.kinds import get_kind, kind_names
+
         kind = self.spec.get("kind")
-        if kind not in PRUNE_KINDS or kind == "none":
-            raise ValueError("spec.kind: " + did_you_mean(str(kind), [k for k in PRUNE_KINDS if k != "none"],
-                                                          "pruning kind"))
-        if kind in RATIO_FIELD:
-            if RATIO_FIELD[kind] in self.spec:
-                raise ValueError(f"spec.{RATIO_FIELD[kind]}: give the amounts in `ratios`, not in the spec")
+        accepted = kind_names(prunes=True)
+        if kind not in accepted:
+            raise ValueError("spec.kind: " + did_you_mean(str(kind), accepted, "pruning kind"))
+        ratio_field = get_kind(kind).ratio_field
+        if ratio_field:
+            if ratio_field in self.spec:
+                raise ValueError(f"spec.{ratio_field}: give the amounts in `ratios`, not in the spec")
             if not self.ratios:
                 raise ValueError(f"ratios: a {kind} proposal needs at least one ratio")
             bad = [r for r in self.ratios if not 0 < r < 1]
@@ -118,9 +140,6 @@ class Proposal(_Doc):
             raise ValueError(f"ratios: a {kind} proposal has no ratio (N:M fixes it), got {self.ratios}")
         for ratio in self.ratios or [None]:
             build_spec(self.spec, ratio, num_layers=100)  # raises on a bad field or value
-        for choice in self.recovery:
-            recovery_spec(choice)
-        return self
 
 
 class Outcome(_Doc):
@@ -202,18 +221,26 @@ class RuleSet:
 
 def build_spec(partial: dict[str, Any], ratio: float | None, *, num_layers: int):
     """A concrete PruneSpec: `partial` plus the ratio in the field the kind uses (layers: a count of layers)."""
-    from pydantic import TypeAdapter
+    from planner.kinds import get_kind
+    from planner.prune.specs import parse_spec
 
-    from planner.prune.specs import PruneSpec
-
-    data = dict(partial)
-    kind = data["kind"]
-    if kind in RATIO_FIELD and ratio is not None:
-        data[RATIO_FIELD[kind]] = max(1, round(ratio * num_layers)) if kind == "layers" else ratio
+    data = get_kind(partial["kind"]).with_ratio(dict(partial), ratio, num_layers=num_layers)
     try:
-        return TypeAdapter(PruneSpec).validate_python(data)
+        return parse_spec(data)
     except ValidationError as exc:
-        raise ValueError("spec: " + _describe_errors(exc, None)) from None
+        raise ValueError("spec: " + _describe_errors(exc, get_kind(partial["kind"]).spec)) from None
+
+
+def quant_spec(choice: str | dict[str, Any]):
+    from planner.quant.specs import SCHEMES, QuantSpec
+
+    data = {"scheme": choice} if isinstance(choice, str) else dict(choice)
+    if data.get("scheme") not in SCHEMES:
+        raise ValueError("quantize: " + did_you_mean(str(data.get("scheme")), SCHEMES, "quantization scheme"))
+    try:
+        return QuantSpec(**data)
+    except ValidationError as exc:
+        raise ValueError("quantize: " + _describe_errors(exc, QuantSpec)) from None
 
 
 def recovery_spec(choice: str | dict[str, Any]):
@@ -291,35 +318,9 @@ def fill(text: str, values: dict[str, Any]) -> str:
 
 
 def _describe_errors(exc: ValidationError, model: type[BaseModel] | None) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        where = ".".join(loc)
-        if err["type"] == "extra_forbidden" and model is not None:
-            owner = _owner(model, err["loc"][:-1])
-            msg = did_you_mean(str(err["loc"][-1]), owner.model_fields if owner else [], "key")
-            parts.append(msg if len(loc) == 1 else f"in {'.'.join(loc[:-1])!r}: {msg}")
-            continue
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown key")
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        got = err.get("input")
-        hide = isinstance(got, (dict, list)) or got is None or err["type"] == "value_error"
-        shown = "" if hide else f" (got {show(got)})"
-        parts.append(f"{where[:120]}: {msg[:300]}{shown}" if where else msg[:300])
-    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
+    from planner.documents import describe_validation
 
-
-def _owner(model: type[BaseModel], loc) -> type[BaseModel] | None:
-    owner: type[BaseModel] | None = model
-    for part in loc:
-        if owner is None or isinstance(part, int) or part not in owner.model_fields:
-            continue
-        annotation = owner.model_fields[part].annotation
-        owner = next((a for a in getattr(annotation, "__args__", (annotation,))
-                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return owner
+    return describe_validation(exc, model, noun="key")
 
 
 def _display(path: Path) -> str:

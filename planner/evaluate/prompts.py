@@ -58,7 +58,7 @@ class PromptSet(BaseModel):
 
 def load_prompt_file(path: str | Path, name: str | None = None, source: str = "user") -> PromptSet:
     """Read a JSONL prompt file; a bad line is an InputError naming the file, the line and the field."""
-    from planner.documents import parse_json, read_text
+    from planner.documents import describe_validation, parse_json, read_text
 
     path = Path(path).expanduser()
     prompts: list[Prompt] = []
@@ -79,9 +79,7 @@ def load_prompt_file(path: str | Path, name: str | None = None, source: str = "u
         try:
             prompt = Prompt.model_validate(data)
         except ValidationError as exc:
-            from planner.run.results import describe_errors
-
-            raise InputError(f"{where}: {describe_errors(exc)} (accepted fields: "
+            raise InputError(f"{where}: {describe_validation(exc)} (accepted fields: "
                              f"{', '.join(Prompt.model_fields)})") from None
         if prompt.id in seen:
             raise InputError(f"{where}: prompt id {prompt.id[:80]!r} repeats")

@@ -24,9 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from planner.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 POLICY_VERSION = 1
 ALL_SLICES = "*"
@@ -91,12 +89,7 @@ def per_slice(threshold: SliceThreshold) -> dict[str, float]:
 def load_policy(path: str | Path) -> GatePolicy:
     """Read a gate policy (YAML or JSON); a missing or malformed file, an unknown key or a bad value is an
     InputError naming it."""
-    from planner.cli.common import format_validation_error
-    from planner.documents import load_mapping, show
+    from planner.documents import load_validated
 
-    data = load_mapping(path, "gate policy", f"version, variant, {', '.join(THRESHOLD_FIELDS)}")
-    try:
-        return GatePolicy.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"gate policy {show(str(path))} is invalid: {format_validation_error(exc)} "
-                         f"(accepted keys: version, variant, {', '.join(THRESHOLD_FIELDS)})") from None
+    return load_validated(path, GatePolicy, "gate policy", invalid=" is invalid",
+                          accepted=f"version, variant, {', '.join(THRESHOLD_FIELDS)}")

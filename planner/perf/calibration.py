@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -107,15 +106,13 @@ def load_calibration(key: dict) -> dict | None:
 
 
 def save_calibration(key: dict, *, step_ms: float, request_ms: float, source: str, evidence: dict) -> Path:
+    from planner.documents import write_atomic
+
     path = _path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"document": "planner-calibration", "version": 1, "key": key, "step_ms": step_ms, "request_ms": request_ms,
            "source": source, "evidence": evidence,
            "created_at": datetime.datetime.now().isoformat(timespec="seconds")}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(doc, indent=2), what="calibration")
 
 
 def calibrate_from_results(results, results_path: str) -> dict:

@@ -35,7 +35,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.errors import InputError, did_you_mean
 
@@ -92,6 +92,10 @@ class RuntimeProfile(BaseModel):
     tensor_parallel: bool = Field(False, description="splits each layer over GPUs (else layers run in sequence)")
     allreduce_us: float = Field(0.0, ge=0, description="latency of one all-reduce of a layer's activations (TP)")
     allreduce_gb_s: float = Field(200.0, gt=0, description="all-reduce bus bandwidth between the GPUs, GB/s")
+    memory_utilization: float = Field(1.0, gt=0, le=1.0,
+                                      description="share of GPU memory the runtime lets weights + KV cache use")
+    reserve_gb: float = Field(0.0, ge=0, description="GPU memory the runtime itself holds (CUDA context, "
+                                                     "workspaces) that the model cannot use, GB")
     efficiency: dict[str, Efficiency]
     cpu: dict[str, float] | None = Field(None, description="priors for a CPU host (replaced by measured figures)")
     kernels: list[KernelEntry] = Field(default_factory=list)
@@ -126,6 +130,17 @@ class RuntimeProfile(BaseModel):
         return None
 
 
+def usable_memory_gb(gpu, runtime: str | None) -> float | None:
+    """GPU memory a model can use under `runtime`: memory x its utilisation setting - its reserve (the raw memory
+    without a runtime, None without a memory figure or for the local host)."""
+    if not gpu.memory_gb or gpu.measured_local:
+        return None
+    if not runtime:
+        return gpu.memory_gb
+    spec = get_runtime(runtime)
+    return max(0.0, gpu.memory_gb * spec.memory_utilization - spec.reserve_gb)
+
+
 def runtimes_dir() -> Path:
     from planner.paths import profiles_dir
 
@@ -133,14 +148,11 @@ def runtimes_dir() -> Path:
 
 
 def load_runtime_file(path: str | Path) -> RuntimeProfile:
-    from planner.documents import describe_validation, load_mapping
+    from planner.documents import load_validated
 
     path = Path(path)
-    data = load_mapping(path, "runtime profile")  # binary, duplicate keys, non-finite numbers, alias bombs: InputError
-    try:
-        spec = RuntimeProfile.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"runtime profile {path.name}: {describe_validation(exc)}") from None
+    # binary, duplicate keys, non-finite numbers, alias bombs, unknown or bad fields: InputError
+    spec = load_validated(path, RuntimeProfile, "runtime profile", where=f"runtime profile {path.name}", invalid="")
     if spec.id != path.stem:
         raise InputError(f"runtime profile {path.name}: id {spec.id!r} must equal the file name stem")
     return spec

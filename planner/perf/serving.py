@@ -100,6 +100,11 @@ def rates_from_profile(runtime: "RuntimeProfile", gpu) -> Rates:
                  **{k: float(v) for k, v in fields.items()})
 
 
+def sparse_2to4_density(dtype_bytes: float) -> float:
+    """Stored fraction of a 2:4 weight: half the values, plus a 2-bit index per kept value."""
+    return 0.5 * (1.0 + 2.0 / (8.0 * dtype_bytes))
+
+
 def is_gemm(name: str) -> bool:
     return name in GEMM_NAMES or name == "lm_head"
 
@@ -130,6 +135,11 @@ def _kernels(ops, layers: int, rates: Rates) -> list[float]:
     return out
 
 
+def _arch(gpu) -> str | None:
+    """The kernel table's architecture name: the catalog's, or "cpu" for the local host."""
+    return gpu.architecture or ("cpu" if gpu.measured_local else None)
+
+
 def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: float, runtime, gpu, dtype: str,
                 dtype_bytes: float, weight_format: str | None = None, tensor_parallel: int = 1,
                 group_size: int = 1, query_dim: int = 0, hidden_size: int = 0) -> ServedPhase:
@@ -138,12 +148,10 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
     `weight_format` (int8-weight-only, int4-weight-only, fp8) stores the decoder layers' projection weights in that
     format where the runtime's kernel table has a kernel for it, else they run at the dense rate. `tensor_parallel`
     N splits every decoder layer's work over N GPUs and adds two all-reduces per layer."""
-    from planner.profile.roofline import sparse_2to4_density
-
     tokens = phase.batch_size * phase.new_tokens
     quant = None
     if weight_format is not None:
-        quant = runtime.kernel_for(weight_format, gpu.architecture, dtype, tokens) if runtime is not None else None
+        quant = runtime.kernel_for(weight_format, _arch(gpu), dtype, tokens) if runtime is not None else None
         formats = {weight_format: (f"{weight_format} kernel of {runtime.id} ({quant.weight_bytes_factor:g}x weight "
                                    f"bytes, {quant.math_speedup:g}x math)") if quant else
                    (f"no {weight_format} kernel in {runtime.id if runtime else 'this runtime'} for "
@@ -179,7 +187,7 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
         if op.sparse_2to4:
             density = sparse_2to4_density(dtype_bytes)
             dense_weight = op.weight_bytes / density
-            entry = runtime.kernel_for("2:4", gpu.architecture, dtype, tokens) if runtime is not None else None
+            entry = runtime.kernel_for("2:4", _arch(gpu), dtype, tokens) if runtime is not None else None
             if entry is not None:
                 op_peak = peak * entry.math_speedup
                 nbytes = op.bytes - op.weight_bytes + dense_weight * entry.weight_bytes_factor

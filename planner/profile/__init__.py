@@ -157,7 +157,7 @@ def run_profile(model_spec: str | None, gpu, workload=None, *, measure: bool = T
 
 def _run_profile(model_spec, gpu, workload, *, measure, decode_steps, repeats, trust_remote_code, device,
                  on_step) -> Profile:
-    from planner import __version__
+    from planner._version import __version__
     from planner.arch import get_adapter
     from planner.errors import InputError
     from planner.models import build_meta_model, load_config, parameters_by_role
@@ -248,7 +248,7 @@ def cache_key(model_spec: str | None, gpu, workload, *, measure: bool = True, de
     """Hash of everything a profile depends on: model files, workload, target GPU, settings, host, versions."""
     import torch
 
-    from planner import __version__
+    from planner._version import __version__
     from planner.models import resolve_source
     from planner.profile.device import pick_device
     from planner.profile.schema import PROFILE_VERSION
@@ -278,8 +278,7 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
 
     `refresh=True` always runs and replaces the cached copy.
     """
-    from pydantic import ValidationError
-
+    from planner.errors import InputError
     from planner.workload import Workload
 
     from planner.perf.runtimes import for_target
@@ -290,10 +289,10 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
     path = profiles_cache_dir() / f"{key}.json"
     if not refresh and path.is_file():
         try:
-            profile = Profile.model_validate_json(path.read_text())
+            profile = read_profile(path)
             profile._cache_path = str(path)
             return profile
-        except (OSError, ValueError, ValidationError):
+        except InputError:
             pass  # unreadable or from an incompatible build: profile again
     profile = run_profile(model_spec, gpu, workload, measure=measure, decode_steps=decode_steps, repeats=repeats,
                           trust_remote_code=trust_remote_code, device=device, threads=threads, on_step=on_step)
@@ -304,26 +303,13 @@ def load_or_run_profile(model_spec: str | None, gpu, workload=None, *, measure: 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
     """Write profile.json atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(profile.model_dump_json(indent=2))
-    os.replace(tmp, path)
-    return path
+    from planner.documents import write_atomic
+
+    return write_atomic(path, profile.model_dump_json(indent=2), what="profile")
 
 
 def read_profile(path: str | Path) -> Profile:
     """Load a profile.json; a file that is not one raises InputError naming it."""
-    from pydantic import ValidationError
+    from planner.documents import load_validated
 
-    from planner.cli.common import format_validation_error
-    from planner.errors import InputError
-
-    from planner.documents import read_text
-
-    path = Path(path)
-    text = read_text(path, "profile")  # a folder, a binary or unreadable file: InputError naming it
-    try:
-        return Profile.model_validate_json(text)
-    except ValidationError as exc:
-        raise InputError(f"{str(path)!r} is not a valid planner profile: {format_validation_error(exc)}") from None
+    return load_validated(path, Profile, "profile", invalid=" is not a valid planner profile", syntax="json")

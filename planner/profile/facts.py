@@ -21,8 +21,26 @@ FACT_NAMES = (
 
 
 def profile_facts(profile: "Profile") -> dict[str, float | str | bool]:
-    proj, memory, shape = profile.projected, profile.memory, profile.model.shape
-    non_model = profile.workload.non_model_ms
+    memory = profile.memory
+    return _facts(profile.projected, profile.model.shape, profile.workload, weight_bytes=memory.weight_bytes,
+                  kv_bytes=memory.kv_cache_bytes, headroom=memory.headroom_frac, fits=memory.fits,
+                  measured=profile.measured is not None)
+
+
+def projection_facts(shape, workload, gpu, projected=None) -> dict[str, float | str | bool]:
+    """The same facts for a projection alone (a model known by its shape, nothing measured), with the memory
+    headroom against the target GPU's memory where the catalog has it."""
+    from planner.profile.roofline import estimate
+
+    proj = projected if projected is not None else estimate(shape, workload, gpu)
+    total = proj.weight_bytes + proj.kv_cache_bytes + proj.activation_bytes
+    headroom = 1.0 - total / gpu.memory_bytes if gpu.memory_bytes else None
+    return _facts(proj, shape, workload, weight_bytes=proj.weight_bytes, kv_bytes=proj.kv_cache_bytes,
+                  headroom=headroom, fits=None if headroom is None else headroom >= 0.0, measured=False)
+
+
+def _facts(proj, shape, workload, *, weight_bytes, kv_bytes, headroom, fits, measured) -> dict:
+    non_model = workload.non_model_ms
     share = proj.time_share
     return {
         "prefill_bound": proj.prefill_bound,
@@ -36,15 +54,15 @@ def profile_facts(profile: "Profile") -> dict[str, float | str | bool]:
         "attn_core_time_share": share["attn_core"],
         "lm_head_time_share": share["lm_head"],
         "mlp_flop_share": proj.flop_share["mlp"],
-        "weights_gb": memory.weight_bytes / 1e9,
-        "kv_cache_gb": memory.kv_cache_bytes / 1e9,
-        "memory_headroom_frac": memory.headroom_frac,
-        "fits_on_gpu": memory.fits,
+        "weights_gb": weight_bytes / 1e9,
+        "kv_cache_gb": kv_bytes / 1e9,
+        "memory_headroom_frac": headroom,
+        "fits_on_gpu": fits,
         "prefill_ms_projected": proj.prefill_ms,
         "decode_ms_per_token_projected": proj.decode_ms_per_token,
         "request_ms_projected": proj.request_ms,
         "non_model_share": non_model / (non_model + proj.request_ms),
-        "measured": profile.measured is not None,
+        "measured": measured,
         "gqa": shape.num_kv_heads < shape.num_heads,
         "num_layers": float(shape.num_layers),
         **_runtime_facts(proj),

@@ -133,8 +133,7 @@ def measure_local_peaks(dtype: str = "fp32", cache: bool = True, device: str = "
         "method": f"best of repeats: {n}x{n}x{n} matmul at {dtype}; copy of {nbytes >> 20} MiB (read + write)",
     }
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        from planner.documents import write_atomic
+
+        write_atomic(path, json.dumps(data, indent=2), what="peak figures cache")
     return data | {"cached": False}

@@ -30,7 +30,7 @@ from pydantic import Field, computed_field
 
 from planner.arch import ModelShape
 from planner.errors import InputError
-from planner.perf.serving import Serving, StepBound, step_bound
+from planner.perf.serving import Serving, StepBound, sparse_2to4_density, step_bound
 from planner.profile._doc import Doc
 from planner.workload import Workload
 
@@ -312,11 +312,6 @@ def bytes_op(name: str, category: Category, read: float, write: float, dtype_byt
                   weight_bytes=weights * dtype_bytes, count=count)
 
 
-def sparse_2to4_density(dtype_bytes: float) -> float:
-    """Stored fraction of a 2:4 weight: half the values, plus a 2-bit index per kept value."""
-    return 0.5 * (1.0 + 2.0 / (8.0 * dtype_bytes))
-
-
 # -- the model ------------------------------------------------------------------------------------------------
 
 
@@ -520,8 +515,8 @@ def estimator_like(projected: RooflineEstimate):
              if projected.peaks_source == "measured" else None)
     rates = projected.serving.rates if projected.serving is not None else None
 
-    def run(shape, workload, gpu, *, sparse_2to4=False):
-        return estimate(shape, workload, gpu, sparse_2to4=sparse_2to4, peaks=peaks, rates=rates)
+    def run(shape, workload, gpu, *, sparse_2to4=False, **serving):
+        return estimate(shape, workload, gpu, sparse_2to4=sparse_2to4, peaks=peaks, rates=rates, **serving)
 
     return run
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from planner.report.sections import describe_prune, describe_recovery
+from planner.report.format import describe_prune, describe_recovery
 
 
 def _rule_texts(plan) -> dict[str, tuple[str, str]]:
@@ -59,7 +59,7 @@ def plan_view(plan, results, problem: str | None = None) -> dict[str, Any]:
     candidates = [{
         "rank": c.rank, "name": c.name, "pruning": describe_prune(c.prune),
         "recovery": describe_recovery(c.recovery), "predicted_speedup": c.predicted_speedup,
-        "reasons": list(c.reasons) + ([] if any("quality risk" in r for r in c.reasons)
+        "reasons": list(c.reasons) + ([] if any(w.kind == "risk" for w in c.why)
                                       else [f"quality risk: {c.quality_risk}"]),
         "rules": list(c.chosen_by),
     } for c in plan.candidates]

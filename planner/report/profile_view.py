@@ -9,7 +9,7 @@ from typing import Any
 from markupsafe import Markup
 
 from planner.report import charts
-from planner.report.sections import fmt_bytes, fmt_ms, fmt_pct
+from planner.report.format import fmt_bytes, fmt_ms, fmt_pct
 
 PART_ORDER = ("mlp", "attn_proj", "attn_core", "lm_head", "other")
 TOP_OPS_PER_PHASE = 5

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from planner.errors import InputError
 from planner.report import sections
+from planner.report.format import FILTERS
 
 TEMPLATE = "report.html.j2"
 
@@ -30,7 +31,7 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(sections.FILTERS)
+    env.filters.update(FILTERS)
     return env
 
 

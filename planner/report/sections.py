@@ -12,106 +12,23 @@ from typing import Any
 
 from markupsafe import Markup
 
+from planner.goals import goal_spec
+from planner.goals import metric as metric_info
 from planner.report import charts
-from planner.run.results import GOAL_METRICS
+from planner.report.format import describe_prune, describe_recovery, fmt_metric, fmt_pct, fmt_x
 
 # Below this measured gain the one-line verdict does not call a variant a win (the tables show exact figures).
 MIN_WIN = 1.05
 
-METRIC_LABELS = {
-    "p50_ms": ("p50 latency", "ms"),
-    "p95_ms": ("p95 latency", "ms"),
-    "p99_ms": ("p99 latency", "ms"),
-    "ttft_p50_ms": ("time to first token, p50", "ms"),
-    "tpot_p50_ms": ("time per output token, p50", "ms"),
-    "tokens_per_s": ("throughput", "tokens/s"),
-    "peak_memory_bytes": ("peak memory", "bytes"),
-    "file_bytes": ("checkpoint size", "bytes"),
-}
 BETTER_WORD = {"ms": "faster", "tokens/s": "higher", "bytes": "smaller"}
 
 
-# -- formatting filters (also used by the template) --------------------------------------------------------------
-
-NBSP = "\u00a0"  # a number and its unit never wrap apart
-
-
-def fmt_num(value, digits: int = 2) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}"
-
-
-def fmt_ms(value) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
-
-
-def fmt_pct(value, signed: bool = False, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    return f"{100 * value:+.{digits}f}%" if signed else f"{100 * value:.{digits}f}%"
-
-
-def fmt_x(value) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
-def fmt_bytes(value) -> str:
-    if value is None:
-        return "—"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:,.2f}{NBSP}{unit}"
-    return f"{value:,.0f}{NBSP}B"
-
-
-def fmt_params(value) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 1e9:.2f}{NBSP}B" if value >= 1e9 else f"{value / 1e6:.1f}{NBSP}M"
-
-
-def fmt_metric(value, unit: str) -> str:
-    if unit == "ms":
-        return f"{fmt_ms(value)}{NBSP}ms"
-    if unit == "bytes":
-        return fmt_bytes(value)
-    return f"{fmt_num(value, 1)}{NBSP}{unit}"
-
-
-FILTERS = {"num": fmt_num, "ms": fmt_ms, "pct": fmt_pct, "x": fmt_x, "bytes": fmt_bytes, "params": fmt_params}
-
-
-# -- describing specs ------------------------------------------------------------------------------------------
-
-
-def describe_prune(spec) -> str:
-    if spec is None:
-        return "none (dense)"
-    kind = spec.kind
-    if kind == "none":
-        return "none"
-    if kind == "unstructured":
-        return f"unstructured {fmt_pct(spec.sparsity, digits=0)} ({spec.criterion})"
-    if kind == "nm":
-        return f"{spec.n}:{spec.m} semi-structured ({spec.criterion})"
-    if kind == "mlp_channels":
-        return f"MLP channels −{fmt_pct(spec.ratio, digits=0)} ({spec.criterion})"
-    if kind == "heads":
-        return f"attention heads −{fmt_pct(spec.ratio, digits=0)} ({spec.criterion}, {spec.mode})"
-    if kind == "layers":
-        return f"{spec.num_layers} layers removed ({spec.criterion})"
-    return str(kind)
-
-
-def describe_recovery(spec, info=None) -> str:
-    if spec is None or spec.method == "none":
-        return "none"
-    if info is not None and info.steps:
-        return f"{spec.method} ({spec.loss}), {info.steps} steps"
-    return f"{spec.method} ({spec.loss})"
+def _label_unit(metric: str | None, goal: str) -> tuple[str, str]:
+    """(label, unit) of a measured figure; the goal's name where no run measures it."""
+    if metric is None:
+        return goal, ""
+    info = metric_info(metric)
+    return info.label, info.unit
 
 
 def model_display_name(results) -> str:
@@ -159,7 +76,7 @@ def variant_rows(results) -> list[dict[str, Any]]:
     dense = results.dense
     speedups = {s.variant: s for s in results.speedups}
     candidates = {c.rank: c for c in results.plan.candidates}
-    metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    metric = goal_spec(results.plan.goal).measured
     rows = []
     for v in results.variants:
         q, lat = v.quality, v.latency
@@ -220,8 +137,8 @@ def verdict(results, rows, budget: float, budget_source: str) -> dict[str, Any]:
     goal = results.plan.goal
     measured_on = f"measured on {results.provenance.device.label}"
     projected_to = f"projected to {results.plan.gpu}"
-    metric = GOAL_METRICS.get(goal, (None, True))[0]
-    label, unit = METRIC_LABELS.get(metric, (goal, ""))
+    metric = goal_spec(goal).measured
+    label, unit = _label_unit(metric, goal)
     pruned = [r for r in rows if not r["dense"]]
     dense = next((r for r in rows if r["dense"]), None)
     if not pruned:
@@ -251,9 +168,9 @@ def verdict(results, rows, budget: float, budget_source: str) -> dict[str, Any]:
 
 
 def _chart_latency_metric(results) -> tuple[str, str]:
-    metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    metric = goal_spec(results.plan.goal).measured
     if metric in ("p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "tpot_p50_ms"):
-        return metric, METRIC_LABELS[metric][0]
+        return metric, metric_info(metric).label
     return "p95_ms", "p95 latency"
 
 
@@ -276,11 +193,11 @@ def result_charts(results, rows) -> dict[str, Markup | None]:
     speed_rows = [{"label": r["name"], "predicted": r["predicted_speedup"], "measured": r["measured_speedup"]}
                   for r in rows if not r["dense"]]
     speed = None
-    goal_metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
+    goal_metric = goal_spec(results.plan.goal).measured
     if any(r["predicted"] is not None or r["measured"] is not None for r in speed_rows):
         speed = Markup(charts.speedup_svg(
             speed_rows, predicted_label=f"predicted ({projected_to})", measured_label=f"measured ({measured_on})",
-            metric=METRIC_LABELS.get(goal_metric, (results.plan.goal, ""))[0]))
+            metric=_label_unit(goal_metric, results.plan.goal)[0]))
     curves = {v.name: [(p.step, p.loss) for p in v.recovery.loss_curve]
               for v in results.variants if v.recovery is not None and v.recovery.loss_curve}
     loss = Markup(charts.loss_curve_svg(curves)) if curves else None
@@ -317,8 +234,8 @@ def build_context(results, profile=None, plan=None, problems: dict[str, str] | N
     device = results.provenance.device
     rows = variant_rows(results)
     budget, budget_source = _budget(plan)
-    goal_metric = GOAL_METRICS.get(results.plan.goal, (None, True))[0]
-    metric_label, metric_unit = METRIC_LABELS.get(goal_metric, (results.plan.goal, ""))
+    goal_metric = goal_spec(results.plan.goal).measured
+    metric_label, metric_unit = _label_unit(goal_metric, results.plan.goal)
     return {
         "results": results,
         "model_name": model_display_name(results),

@@ -6,24 +6,21 @@ Bool masks are bit-packed (8 weights per byte) into one safetensors file; the sh
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 
 def save_masks(masks: dict, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
+    from planner.documents import write_atomic
     from planner.export import pack_bits
 
-    path = Path(path)
     packed, shapes = {}, {}
     for name, mask in masks.items():
         packed[name] = pack_bits(mask)
         shapes[name] = list(mask.shape)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(packed, str(tmp), metadata={"shapes": json.dumps(shapes)})
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: save_file(packed, str(tmp), metadata={"shapes": json.dumps(shapes)}),
+                        what="pruning masks")
 
 
 def load_masks(path: str | Path) -> dict:

@@ -18,10 +18,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from planner.documents import show, write_atomic
-from planner.errors import InputError
+from planner.documents import write_atomic
 from planner.prune.specs import PruneSpec
 from planner.recover.specs import RecoverySpec
 from planner.workload import Workload
@@ -29,19 +28,6 @@ from planner.workload import Workload
 SCHEMA_VERSION = 1
 
 # goal -> (latency/size field it is judged on, True when lower is better). Speedup is always "x times better".
-GOAL_METRICS: dict[str, tuple[str, bool]] = {
-    "p50-latency": ("p50_ms", True),
-    "p95-latency": ("p95_ms", True),
-    "p99-latency": ("p99_ms", True),
-    "ttft": ("ttft_p50_ms", True),
-    "tpot": ("tpot_p50_ms", True),
-    "throughput": ("tokens_per_s", False),
-    "cost-per-token": ("tokens_per_s", False),  # same GPU, same price: cost per token is 1 / throughput
-    "peak-memory": ("peak_memory_bytes", True),
-    "checkpoint-size": ("file_bytes", True),
-}
-
-
 def percentile(samples: list[float], q: float) -> float | None:
     """The q-th percentile (0-100) of recorded samples, linear interpolation (numpy's default)."""
     if not samples:
@@ -322,7 +308,7 @@ class Variant(_Doc):
     latency: Latency | None = None
 
     def goal_value(self, metric: str) -> float | None:
-        """The measured figure a goal is judged on (GOAL_METRICS), None where it was not measured."""
+        """The measured figure a goal is judged on (planner.goals), None where it was not measured."""
         if metric == "file_bytes":
             return self.size.checkpoint_bytes
         return getattr(self.latency, metric) if self.latency is not None else None
@@ -376,20 +362,21 @@ class Results(_Doc):
     @property
     def speedups(self) -> list[SpeedupCheck]:
         """One row per pruned variant: the goal metric, predicted against measured."""
+        from planner.goals import goal_spec, speedup
+
         goal = self.plan.goal
-        if goal not in GOAL_METRICS or self.dense is None:
+        if self.dense is None:
             return []
-        metric, lower_better = GOAL_METRICS[goal]
-        dense_value = self.dense.goal_value(metric)
+        spec = goal_spec(goal)
+        metric = spec.measured or spec.predicted  # a goal no run measures: rows with the prediction only
+        dense_value = self.dense.goal_value(metric) if spec.measured else None
         by_rank = {c.rank: c for c in self.plan.candidates}
         rows = []
         for v in self.variants:
             if v.role != "pruned":
                 continue
-            value = v.goal_value(metric)
-            measured = None
-            if dense_value and value:
-                measured = dense_value / value if lower_better else value / dense_value
+            value = v.goal_value(metric) if spec.measured else None
+            measured = speedup(dense_value, value, metric)
             cand = by_rank.get(v.candidate_rank)
             rows.append(SpeedupCheck(variant=v.name, goal=goal, metric=metric, dense_measured=dense_value,
                                      pruned_measured=value, predicted=cand.predicted_speedup if cand else None,
@@ -400,34 +387,11 @@ class Results(_Doc):
 # -- files ------------------------------------------------------------------------------------------------------
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """'variants.0.latency: p95_ms = ... does not match ...; version: ...' without echoing whole documents."""
-    parts = []
-    for e in exc.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(document)"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        if e["type"] != "extra_forbidden" and isinstance(got, (str, int, float, bool)):
-            msg += f" (got {show(got)})"
-        parts.append(f"{loc[:120]}: {msg[:300]}")
-    return "; ".join(parts[:8]) + (f"; ... {len(parts) - 8} more" if len(parts) > 8 else "")
-
-
 def load_results(path: str | Path) -> Results:
     """Read results.json; a missing, corrupt, hand-edited or unknown-version file is an InputError naming it."""
-    from planner.documents import parse_json, read_text
+    from planner.documents import load_validated
 
-    shown = show(str(path))
-    data = parse_json(read_text(path, "results file"), f"results file {shown}")
-    if not isinstance(data, dict):
-        raise InputError(f"results file {shown} must hold a JSON object (a results.json written by `plan run`)")
-    try:
-        return Results.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"results file {shown} is not a valid results document: "
-                         f"{describe_errors(exc)}") from None
-    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:  # a figure computed from bad data
-        raise InputError(f"results file {shown} is not a valid results document: {str(exc)[:300]}") from None
+    return load_validated(path, Results, "results file", invalid=" is not a valid results document", syntax="json")
 
 
 def save_results(results: Results, path: str | Path, scratch: str | Path | None = None) -> Path:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.errors import InputError
-from planner.prune import PruneResult, register
+from planner.prune.base import PruneResult, register
 from planner.prune.masked.runtime import runtime_note  # noqa: F401  (public API)
 
 __all__ = ["prune_masked", "masked_metadata", "runtime_note", "weight_sparsity"]
@@ -34,19 +33,11 @@ def prune_nm(model, spec, calib_ids=None, **kwargs) -> PruneResult:
 
 def _pattern(spec) -> tuple[str, float, int, int]:
     """(pattern name, sparsity, n, m); n = m = 0 for unstructured."""
-    from planner.prune.masked.patterns import check_nm
+    from planner.prune.specs import MaskedSpec
 
-    if spec.kind == "unstructured":
-        if spec.scope == "global" and spec.criterion != "magnitude":
-            raise InputError(
-                f"scope 'global' applies to criterion 'magnitude' only; {spec.criterion!r} compares weights "
-                "within each output row (use scope 'layer')"
-            )
-        return "unstructured", spec.sparsity, 0, 0
-    if spec.kind == "nm":
-        check_nm(spec.n, spec.m)
-        return f"{spec.n}:{spec.m}", spec.n / spec.m, spec.n, spec.m
-    raise ValueError(f"not a masked pruning spec: {spec.kind!r}")
+    if not isinstance(spec, MaskedSpec):
+        raise ValueError(f"not a masked pruning spec: {spec.kind!r}")
+    return spec.mask_pattern()
 
 
 def _out_in(module, conv1d: bool):

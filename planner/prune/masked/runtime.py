@@ -84,7 +84,9 @@ def _describe(target: Any) -> tuple[str, Any, Any]:
 def runtime_note(gpu_or_device: Any, spec, dtype: str = "bf16") -> str:
     """One sentence on what the masked `spec` can do for speed on a target GPU (GpuSpec or catalog id) or a local
     device ("cpu", "cuda:0"). Never promises a figure: a 2:4 gain must be measured."""
-    if spec.kind not in ("unstructured", "nm"):
+    from planner.prune.specs import MaskedSpec
+
+    if not isinstance(spec, MaskedSpec):
         raise ValueError(f"runtime_note is for masked pruning (unstructured, nm), not {spec.kind!r}")
     where, gpu, device = _describe(gpu_or_device)
     if spec.kind == "unstructured":

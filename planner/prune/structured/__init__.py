@@ -13,7 +13,7 @@ Each engine checks the request against the config (an InputError) before it touc
 
 from __future__ import annotations
 
-from planner.prune import register
+from planner.prune.base import register
 from planner.prune.structured.channels import prune_mlp_channels
 from planner.prune.structured.heads import prune_heads
 from planner.prune.structured.layers import prune_layers

@@ -20,7 +20,7 @@ import math
 
 from planner.arch import get_adapter
 from planner.errors import InputError
-from planner.prune import PruneResult
+from planner.prune.base import PruneResult
 from planner.prune.structured.common import count_parameters, keep_top
 from planner.prune.structured.importance import UnitGroup, UnitSlice, require_calibration, unit_scores
 from planner.prune.structured.slicing import slice_projection, unit_indices

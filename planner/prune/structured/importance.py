@@ -22,7 +22,15 @@ from typing import Any, Iterator
 from planner.errors import InputError
 from planner.prune.structured.slicing import is_conv1d, weight_dim
 
-CRITERIA = ("magnitude", "activation", "taylor")
+def _criteria() -> tuple[str, ...]:
+    from typing import get_args
+
+    from planner.prune.specs import MlpChannelPruning
+
+    return get_args(MlpChannelPruning.model_fields["criterion"].annotation)
+
+
+CRITERIA = _criteria()  # the channel criteria of the specs
 
 
 @dataclass(frozen=True)

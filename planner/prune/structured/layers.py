@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from planner.arch import get_adapter, get_submodule
 from planner.errors import InputError
-from planner.prune import PruneResult
+from planner.prune.base import PruneResult
 from planner.prune.structured.common import count_parameters
 from planner.prune.structured.importance import progress_bar, require_calibration
 

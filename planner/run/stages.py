@@ -1,0 +1,347 @@
+"""The stages of a run, each a function of the run's shared inputs that returns a typed output:
+
+    run_teacher  -> TeacherOutput   the dense model's size and greedy continuation of every prompt
+    run_quality  -> Quality         held-out perplexity, user-text perplexity, agreement with the teacher per slice
+    run_prune    -> PruneOutput     the pruned checkpoint, what was removed, its size
+    run_recover  -> RecoverOutput   the recovered checkpoint (the pruned one when recovery is "none"), the recovery
+    run_latency  -> LatencyOutput   every variant timed in the real runtime, interleaved
+
+An output is what the stage record in the run folder holds (`output.model_dump(mode="json")`), and it loads back
+with `model_validate` when a resume skips the stage. The source model is never written to: the teacher is loaded
+once and only read; each student is a deep copy or a reload of an exported checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, RootModel
+
+from planner.errors import InputError, did_you_mean
+from planner.run.folder import RunFolder
+from planner.run.results import Latency, PruningInfo, Quality, RecoveryInfo, Size
+
+RUN_MINIMUMS = {"ppl_seq_len": 2, "ppl_max_tokens": 1, "threads": 1}  # beside the benchmark's own bounds
+
+
+@dataclass
+class RunOptions:
+    """What to evaluate and how to time it. Every field but `progress`, `report` and `threads` must match on resume."""
+
+    eval_text: list[str] = field(default_factory=list)  # user text files for perplexity
+    eval_prompts: list[str] = field(default_factory=list)  # user JSONL prompt files, a regression slice
+    slices: list[str] | None = None  # bundled capability slices (default: all)
+    ppl_seq_len: int = 512
+    ppl_max_tokens: int = 16_384
+    requests: int = 10  # timed requests per variant
+    warmup: int = 2
+    runtime: str = "hf-eager"
+    bench_dtype: str | None = None  # default: fp32 on CPU, the plan's serving dtype on CUDA
+    prompt_len: int | None = None  # override the plan's workload for the benchmark
+    gen_len: int | None = None
+    batch_size: int | None = None
+    device: str | None = None  # default: cuda when available, else cpu
+    threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the device
+    measure_memory: bool = True
+    report: bool = True
+    progress: bool = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("report", "progress", "threads"):  # change how a run looks or how fast, not what it measures
+            data.pop(name)
+        return data
+
+    def check(self) -> RunOptions:
+        """Bad values are InputErrors, raised before any work. The benchmark's bounds are the latency module's."""
+        from planner.evaluate.prompts import SLICES
+        from planner.latency import check_bench_settings
+
+        for name, minimum in RUN_MINIMUMS.items():
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise InputError(f"{_option(name)} must be >= {minimum}, got {value}")
+        check_bench_settings({**vars(self), "dtype": self.bench_dtype}, label=_option)
+        for s in self.slices or ():
+            if s not in SLICES:
+                raise InputError(did_you_mean(s, SLICES, "capability slice"))
+        return self
+
+
+def _option(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# -- stage outputs ----------------------------------------------------------------------------------------------
+
+
+class StageOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherOutput(StageOutput):
+    dense_size: Size
+    traces: dict[str, list[dict[str, Any]]]  # prompt set -> the teacher's continuations (evaluate.agreement)
+
+
+class PruneOutput(StageOutput):
+    checkpoint: str  # the pruned checkpoint, relative to the run folder
+    pruning: PruningInfo
+    ppl_before: float | None = None  # held-out perplexity right after pruning, when a recovery follows
+    size: Size
+
+
+class RecoverOutput(StageOutput):
+    checkpoint: str  # the recovered checkpoint (the pruned one when recovery is "none"), relative to the run folder
+    recovery: RecoveryInfo | None  # ppl_after is filled in from the quality stage that follows
+    size: Size
+
+
+class LatencyOutput(RootModel[dict[str, Latency]]):
+    """Variant name -> its timed requests (a variant a runtime skipped is absent)."""
+
+
+# -- what the stages share --------------------------------------------------------------------------------------
+
+
+class RunInputs:
+    """The dense teacher, its tokenizer, the prompt sets and the tokenized text, loaded on first use (a resumed run
+    may not need them), and the teacher's logits along its continuations, shared by every student."""
+
+    def __init__(self, plan, folder: RunFolder, options: RunOptions, device: str, model_spec: str | None):
+        self.plan = plan
+        self.folder = folder
+        self.opt = options
+        self.device = device
+        self.model_spec = model_spec
+        self._dense = None
+        self._prompt_sets = None
+        self._tokens: dict[str, list[int]] = {}
+        self.teacher_logits: dict = {}
+
+    @property
+    def dense(self):
+        if self._dense is None:
+            from planner.models import load_model
+
+            self._dense = load_model(self.model_spec, dtype="fp32", device=self.device)
+        return self._dense
+
+    @property
+    def tokenizer(self):
+        return self.dense.tokenizer
+
+    def prompt_sets(self):
+        if self._prompt_sets is None:
+            from planner.evaluate.prompts import SLICES, bundled_slices, load_prompt_file
+
+            sets = bundled_slices(self.opt.slices if self.opt.slices is not None else SLICES)
+            for path in self.opt.eval_prompts:
+                name = "user" if len(self.opt.eval_prompts) == 1 else f"user:{Path(path).stem}"
+                sets.append(load_prompt_file(path, name, "user"))
+            self._prompt_sets = sets
+        return self._prompt_sets
+
+    def seq_len(self, model) -> int:
+        from planner.evaluate.agreement import max_positions
+
+        limit = max_positions(model)
+        return min(self.opt.ppl_seq_len, limit) if limit else self.opt.ppl_seq_len
+
+    def tokens(self, key: str) -> list[int]:
+        """Token ids of the held-out text ("heldout") or the user's text ("user"), tokenized once per run."""
+        if key not in self._tokens:
+            from planner.data import heldout_text, read_text_files
+
+            text = heldout_text() if key == "heldout" else read_text_files(self.opt.eval_text)
+            self._tokens[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokens[key]
+
+    def ppl(self, model, key: str = "heldout") -> dict[str, Any]:
+        from planner.evaluate.perplexity import perplexity_of_tokens
+
+        return perplexity_of_tokens(model, self.tokens(key), seq_len=self.seq_len(model),
+                                    max_tokens=self.opt.ppl_max_tokens, progress=self.opt.progress)
+
+    def bench_lengths(self) -> tuple[int, int]:
+        """Prompt and generation lengths the latency stage times: the plan's workload unless overridden."""
+        workload = self.plan.workload
+        return self.opt.prompt_len or workload.prompt_len, self.opt.gen_len or workload.gen_len
+
+    def cand_dir(self, cand) -> Path:
+        return self.folder.root / f"{cand.rank}-{_slug(cand.name)}"
+
+    def load_checkpoint(self, folder: str | Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        except Exception as exc:  # a truncated or deleted checkpoint of an earlier, killed run
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise InputError(f"checkpoint {str(folder)!r} of this run is unreadable ({type(exc).__name__}: {first}); "
+                             f"delete the stage files under {str(self.folder.stages)!r} that name it to redo "
+                             "those stages, or start a new run with another --out") from None
+        return model.eval().to(self.device)
+
+
+# -- the stages -------------------------------------------------------------------------------------------------
+
+
+def run_teacher(inputs: RunInputs) -> TeacherOutput:
+    from planner.evaluate.agreement import teacher_traces
+
+    model = inputs.dense.model
+    size = _size(model, None, _weights_bytes_on_disk(inputs.dense.source.path), None)
+    traces = {ps.name: teacher_traces(model, inputs.tokenizer, ps, inputs.opt.progress) for ps in inputs.prompt_sets()}
+    return TeacherOutput(dense_size=size, traces=traces)
+
+
+def run_quality(inputs: RunInputs, model, traces: dict[str, Any]) -> Quality:
+    from planner.evaluate.agreement import slice_agreement
+
+    held = inputs.ppl(model)
+    quality: dict[str, Any] = {"heldout_ppl": held["ppl"], "heldout_nll": held["nll"],
+                               "heldout_tokens": held["tokens"], "seq_len": held["seq_len"]}
+    if inputs.opt.eval_text:
+        user = inputs.ppl(model, "user")
+        quality.update(user_text_ppl=user["ppl"], user_text_tokens=user["tokens"])
+    quality["slices"] = {ps.name: slice_agreement(model, inputs.dense.model, inputs.tokenizer, ps, traces[ps.name],
+                                                  inputs.opt.progress, inputs.teacher_logits)
+                         for ps in inputs.prompt_sets()}
+    return Quality.model_validate(quality)
+
+
+def run_prune(inputs: RunInputs, cand) -> PruneOutput:
+    from planner.data import calibration_text, read_text_files, token_blocks
+    from planner.export import export_model, write_compressed
+    from planner.kinds import get_kind
+    from planner.prune import apply_pruning
+    from planner.run.masks import save_masks
+
+    model = copy.deepcopy(inputs.dense.model)  # the teacher stays untouched
+    cal = cand.calibration
+    text = read_text_files(cal.text_files) if cal.text_files else calibration_text()
+    calib = token_blocks(inputs.tokenizer, text, cal.num_samples, min(cal.seq_len, inputs.seq_len(model)))
+    result = apply_pruning(model, cand.prune, calib.to(inputs.device))
+    out_dir = inputs.cand_dir(cand) / "pruned"
+    ppl_before = None
+    if cand.recovery.method != "none":
+        ppl_before = inputs.ppl(model)["ppl"]
+    meta = {"planner_stage": "prune", "prune": cand.prune.model_dump(mode="json"),
+            "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
+    exported = export_model(model, inputs.tokenizer, out_dir, meta, overwrite=True, scratch=inputs.folder.scratch)
+    compressed = None
+    if get_kind(cand.prune).masked and result.masks:
+        save_masks(result.masks, out_dir / "masks.safetensors")
+        compressed = write_compressed(model, out_dir)
+    pruning = PruningInfo(spec=cand.prune, params_before=result.params_before, params_after=result.params_after,
+                          achieved_sparsity=result.achieved_sparsity, details=_jsonable(result.details),
+                          seconds=result.seconds)
+    return PruneOutput(checkpoint=inputs.folder.relative(out_dir), pruning=pruning, ppl_before=ppl_before,
+                       size=_size(model, cand.prune, exported["file_bytes"], result.achieved_sparsity, compressed))
+
+
+def run_recover(inputs: RunInputs, cand, pruned: PruneOutput) -> RecoverOutput:
+    from planner.export import export_model, write_compressed
+    from planner.recover import recover
+    from planner.run.masks import load_masks
+
+    spec = cand.recovery
+    if spec.method == "none":
+        return RecoverOutput(checkpoint=pruned.checkpoint, recovery=None, size=pruned.size)
+    folder = inputs.folder.path(pruned.checkpoint)
+    student = inputs.load_checkpoint(folder)
+    mask_file = folder / "masks.safetensors"
+    masks = load_masks(mask_file) if mask_file.is_file() else None
+    result = recover(student, inputs.dense.model, inputs.tokenizer, spec, masks=masks, progress=inputs.opt.progress)
+    out_dir = inputs.cand_dir(cand) / "model"
+    sparsity = pruned.size.achieved_sparsity
+    meta = {"planner_stage": "recover", "prune": cand.prune.model_dump(mode="json"),
+            "recovery": spec.model_dump(mode="json"), "candidate": cand.name, "achieved_sparsity": sparsity}
+    exported = export_model(student, inputs.tokenizer, out_dir, meta, overwrite=True, scratch=inputs.folder.scratch)
+    compressed = write_compressed(student, out_dir) if masks else None
+    info = RecoveryInfo(spec=spec, steps=result.steps, tokens=result.tokens,
+                        loss_curve=[{"step": int(s), "loss": float(v)} for s, v in result.loss_curve],
+                        ppl_before=pruned.ppl_before, seconds=result.seconds, stopped_by=result.stopped_by)
+    return RecoverOutput(checkpoint=inputs.folder.relative(out_dir), recovery=info,
+                         size=_size(student, cand.prune, exported["file_bytes"], sparsity, compressed))
+
+
+def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str) -> LatencyOutput:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from planner.latency import BENCH_DTYPES, BenchConfig, Subject, benchmark
+    from planner.models import TORCH_DTYPES
+
+    opt, workload = inputs.opt, inputs.plan.workload
+    dtype = opt.bench_dtype or ("fp32" if inputs.device == "cpu" else
+                                (workload.dtype if workload.dtype in BENCH_DTYPES else "bf16"))
+    prompt_len, gen_len = inputs.bench_lengths()
+    config = BenchConfig(prompt_len=prompt_len, gen_len=gen_len, batch_size=opt.batch_size or workload.batch_size,
+                         requests=opt.requests, warmup=opt.warmup, runtime=opt.runtime, dtype=dtype,
+                         device=inputs.device, measure_memory=opt.measure_memory)
+    subjects = []
+    for name, folder in checkpoints.items():
+        model = None
+        if opt.runtime != "vllm":
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+            model = model.eval().to(inputs.device)
+        subjects.append(Subject(name, model, folder))
+    return LatencyOutput.model_validate(benchmark(subjects, inputs.tokenizer, config, measured_on, opt.progress))
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "candidate"
+
+
+def _jsonable(value: Any) -> Any:
+    """PruneResult.details may hold tensors or tuples: turn them into JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None,
+          compressed_file_bytes: int | None = None) -> Size:
+    from planner.arch import get_adapter
+
+    seen: set[int] = set()
+    params = nonzero = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        params += p.numel()
+        nonzero += int((p != 0).sum())
+    shape = get_adapter(model.config).shape(model.config)
+    pattern = "dense" if spec is None or spec.kind == "none" else (
+        f"{spec.n}:{spec.m}" if spec.kind == "nm" else spec.kind)
+    return Size(parameters=params, nonzero_parameters=nonzero, file_bytes=file_bytes,
+                compressed_file_bytes=compressed_file_bytes,
+                achieved_sparsity=achieved_sparsity, pattern=pattern,
+                shape={"num_layers": shape.num_layers, "intermediate_size": shape.intermediate_size,
+                       "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads})
+
+
+def _weights_bytes_on_disk(folder: Path) -> int | None:
+    files = list(folder.glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+__all__ = ["RunOptions", "RunInputs", "TeacherOutput", "PruneOutput", "RecoverOutput", "LatencyOutput", "run_teacher",
+           "run_quality", "run_prune", "run_recover", "run_latency"]
