@@ -261,3 +261,35 @@ def test_the_run_folder_keeps_the_profile_the_plan_was_decided_on(tmp_path, monk
     assert main(["report", str(out / "results.json"), "-o", str(tmp_path / "again.html")]) == 0
     html = (tmp_path / "again.html").read_text()
     assert "profile.json was not found" not in html and "Kernel-category breakdown" in html
+
+
+def test_a_quantization_candidate_runs_beside_a_pruned_one(setup, tmp_path):
+    """`plan run --all 2` with an int8 weight-only candidate (no pruning) and an MLP cut: the quantized variant is
+    quantized by torchao, exported, reloaded for quality and latency, and recorded with its scheme and sizes."""
+    from planner.quant.specs import QuantSpec
+
+    base, model, _, _, _ = setup
+    common = dict(projected_to="a100-80gb-sxm", basis="projected to a100-80gb-sxm (roofline model)",
+                  goal_metric="p95_ms", quality_risk="low", calibration=CalibrationSpec(num_samples=2, seq_len=32))
+    plan = Plan(model=str(model), goal="checkpoint-size", gpu="a100-80gb-sxm", goal_metric="file_bytes",
+                rules_version="test", workload=Workload(prompt_len=16, gen_len=4),
+                verdict=Verdict(action="quantize", text="quantize"),
+                candidates=[Candidate(rank=1, name="int8", label="int8 weight-only", prune=None,
+                                      quantize=QuantSpec(scheme="int8-weight-only"),
+                                      recovery=RecoverySpec(method="none"), predicted_speedup=1.6, **common),
+                            Candidate(rank=2, name="mlp-50", label="MLP channels -50%",
+                                      prune=MlpChannelPruning(ratio=0.5, criterion="magnitude"),
+                                      recovery=RecoverySpec(method="none"), predicted_speedup=1.3, **common)])
+    path = save_plan(plan, tmp_path / "plan.json")
+    r = run_plan(path, out_dir=tmp_path / "run", all_top=2, slices=[], ppl_seq_len=64, ppl_max_tokens=1024,
+                 requests=2, warmup=0, measure_memory=False, report=True, progress=False)
+    dense, quant, cut = r.variants
+    assert quant.quantization is not None and quant.pruning is None and cut.quantization is None
+    assert quant.quantization.spec.scheme == "int8-weight-only" and quant.size.pattern == "int8-weight-only"
+    assert quant.quantization.linears_quantized == 3 * 7  # every projection of the 3 decoder layers
+    assert quant.quantization.quantized_bytes < quant.quantization.dense_bytes / 3  # fp32 -> int8 + scales
+    assert quant.size.file_bytes < dense.size.file_bytes and "torchao" in quant.quantization.backend
+    assert quant.quality.heldout_ppl == pytest.approx(dense.quality.heldout_ppl, rel=0.05)
+    assert quant.latency is not None and quant.latency.requests == 2
+    assert {s.name for s in r.stages} >= {"quantize:1", "prune:2", "quality:1", "latency"}
+    assert "int8 weight-only" in (tmp_path / "run" / "report.html").read_text()

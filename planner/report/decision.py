@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from planner.report.format import describe_prune, describe_recovery
+from planner.report.format import describe_levers, describe_recovery
 
 
 def _rule_texts(plan) -> dict[str, tuple[str, str]]:
@@ -47,7 +47,7 @@ def _sentence(text: str) -> str:
 def plan_view(plan, results, problem: str | None = None) -> dict[str, Any]:
     if plan is None:
         candidates = [{
-            "rank": c.rank, "name": c.name, "pruning": describe_prune(c.prune),
+            "rank": c.rank, "name": c.name, "pruning": describe_levers(c.prune, c.quantize, c.shard),
             "recovery": describe_recovery(c.recovery), "predicted_speedup": c.predicted_speedup,
             "reasons": [], "rules": [],
         } for c in sorted(results.plan.candidates, key=lambda c: c.rank)]
@@ -57,7 +57,7 @@ def plan_view(plan, results, problem: str | None = None) -> dict[str, Any]:
                             "the reasons."}
     texts = _rule_texts(plan)
     candidates = [{
-        "rank": c.rank, "name": c.name, "pruning": describe_prune(c.prune),
+        "rank": c.rank, "name": c.name, "pruning": describe_levers(c.prune, c.quantize, c.shard),
         "recovery": describe_recovery(c.recovery), "predicted_speedup": c.predicted_speedup,
         "reasons": list(c.reasons) + ([] if any(w.kind == "risk" for w in c.why)
                                       else [f"quality risk: {c.quality_risk}"]),

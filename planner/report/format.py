@@ -67,6 +67,18 @@ def describe_prune(spec) -> str:
     return get_kind(spec).describe(spec)
 
 
+def describe_levers(prune, quantize=None, shard=None) -> str:
+    """Every lever a variant applies: 'MLP channels −25% (activation) + int8 weight-only'."""
+    parts = []
+    if prune is not None and (prune.kind != "none" or (quantize is None and shard is None)):
+        parts.append(describe_prune(prune))
+    if quantize is not None:
+        parts.append(quantize.label)
+    if shard is not None:
+        parts.append(shard.label)
+    return " + ".join(parts) or describe_prune(None)
+
+
 def describe_recovery(spec, info=None) -> str:
     if spec is None or spec.method == "none":
         return "none"

@@ -15,7 +15,7 @@ from markupsafe import Markup
 from planner.goals import goal_spec
 from planner.goals import metric as metric_info
 from planner.report import charts
-from planner.report.format import describe_prune, describe_recovery, fmt_metric, fmt_pct, fmt_x
+from planner.report.format import describe_levers, describe_recovery, fmt_metric, fmt_pct, fmt_x
 
 # Below this measured gain the one-line verdict does not call a variant a win (the tables show exact figures).
 MIN_WIN = 1.05
@@ -84,6 +84,7 @@ def variant_rows(results) -> list[dict[str, Any]]:
         ems = [s.exact_match for s in slices if s.exact_match is not None]
         cand = candidates.get(v.candidate_rank)
         spec = v.pruning.spec if v.pruning is not None else (cand.prune if cand else None)
+        quant = v.quantization.spec if v.quantization is not None else (cand.quantize if cand else None)
         recovery_spec = v.recovery.spec if v.recovery is not None else (cand.recovery if cand else None)
         ppl_delta = None
         if q is not None and dense is not None and dense.quality is not None:
@@ -94,7 +95,8 @@ def variant_rows(results) -> list[dict[str, Any]]:
             "name": v.name,
             "dense": v.role == "dense",
             "rank": v.candidate_rank,
-            "pruning": describe_prune(spec) if v.role == "pruned" else "none (baseline)",
+            "pruning": describe_levers(spec, quant, cand.shard if cand else None) if v.role == "pruned"
+            else "none (baseline)",
             "recovery": describe_recovery(recovery_spec, v.recovery) if v.role == "pruned" else "—",
             "parameters": v.size.parameters,
             "nonzero_parameters": v.size.nonzero_parameters,

@@ -21,7 +21,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from planner.documents import write_atomic
+from planner.decide.plan import ShardSpec
 from planner.prune.specs import PruneSpec
+from planner.quant.specs import QuantSpec
 from planner.recover.specs import RecoverySpec
 from planner.workload import Workload
 
@@ -129,7 +131,9 @@ class CandidateSummary(_Doc):
     rank: int  # position in the plan, 1 = top
     name: str
     label: str = ""
-    prune: PruneSpec
+    prune: PruneSpec | None
+    quantize: QuantSpec | None = None
+    shard: ShardSpec | None = None
     recovery: RecoverySpec | None = None
     projected_to: str  # target GPU id of the plan's roofline model
     goal_metric: str | None = None  # the plan's name of the goal figure
@@ -174,6 +178,19 @@ class PruningInfo(_Doc):
     achieved_sparsity: float | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
+
+
+class QuantizationInfo(_Doc):
+    """What `plan run` quantized: the scheme, the library and configuration that did it, how many weights."""
+
+    spec: QuantSpec
+    backend: str  # e.g. "torchao 0.18.0 Int8WeightOnlyConfig (AffineQuantizedTensor)"
+    linears_quantized: int
+    params_quantized: int
+    dense_bytes: int  # the quantized layers' weights before, in memory
+    quantized_bytes: int  # and after (scales included)
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
 
 
 class LossPoint(_Doc):
@@ -304,6 +321,7 @@ class Variant(_Doc):
     size: Size
     pruning: PruningInfo | None = None
     recovery: RecoveryInfo | None = None
+    quantization: QuantizationInfo | None = None
     quality: Quality | None = None
     latency: Latency | None = None
 

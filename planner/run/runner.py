@@ -24,8 +24,9 @@ from planner.errors import InputError, RunIncomplete, did_you_mean
 from planner.run.folder import SCRATCH, Manifest, RunFolder, default_run_dir, input_hashes, utc_now
 from planner.run.results import (CandidateSummary, PlanSummary, Provenance, Quality, Results, StageTiming, Variant,
                                  save_results)
-from planner.run.stages import (LatencyOutput, PruneOutput, RecoverOutput, RunInputs, RunOptions, TeacherOutput,
-                                run_latency, run_prune, run_quality, run_recover, run_teacher)
+from planner.run.stages import (LatencyOutput, PruneOutput, QuantizeOutput, RecoverOutput, RunInputs, RunOptions,
+                                TeacherOutput, run_latency, run_prune, run_quality, run_quantize, run_recover,
+                                run_teacher)
 
 Output = TypeVar("Output", bound=BaseModel)
 
@@ -34,6 +35,19 @@ Output = TypeVar("Output", bound=BaseModel)
 
 
 def select_candidates(plan, candidate: int | None, all_top: int | None) -> list:
+    chosen = _select(plan, candidate, all_top)
+    sharded = [c for c in chosen if getattr(c, "shard", None) is not None]
+    if sharded:
+        c = sharded[0]
+        runnable = [str(x.rank) for x in plan.candidates if x.shard is None]
+        raise InputError(f"candidate {c.rank} ({c.label}) shards over {c.shard.tensor_parallel} GPUs: `plan run` runs "
+                         "one model on one device and cannot measure tensor parallelism; run it under a "
+                         "tensor-parallel runtime (vLLM --tensor-parallel-size) yourself"
+                         + (f" (runnable candidates: {', '.join(runnable)})" if runnable else ""))
+    return chosen
+
+
+def _select(plan, candidate: int | None, all_top: int | None) -> list:
     if not plan.candidates:
         raise InputError(f"the plan has no candidates to run (verdict: {plan.verdict.text}); nothing to prune")
     ranks = [c.rank for c in plan.candidates]
@@ -209,26 +223,31 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
         if have < need:  # fail before hours of work, not in the middle
             raise InputError(f"--eval-text {', '.join(runner.opt.eval_text)} has {have} tokens; perplexity needs "
                              f"at least one window of {need} (use more text or a smaller --ppl-seq-len)")
-    total = 3 + 3 * len(cands)
+    total = 3 + 3 * len(cands) + sum(1 for c in cands if c.quantize is not None)
     n = iter(range(1, total + 1))
     teacher = runner.stage("teacher", lambda: run_teacher(inputs), TeacherOutput, next(n), total)
     dense_quality = runner.stage("quality:dense", lambda: run_quality(inputs, inputs.dense.model, teacher.traces),
                                  Quality, next(n), total)
-    per_cand: list[tuple[Any, PruneOutput, RecoverOutput, Quality]] = []
+    per_cand: list[tuple[Any, PruneOutput, RecoverOutput, QuantizeOutput | None, Quality]] = []
     for cand in cands:
         pruned = runner.stage(f"prune:{cand.rank}", lambda c=cand: run_prune(inputs, c), PruneOutput, next(n), total)
         recovered = runner.stage(f"recover:{cand.rank}", lambda c=cand, p=pruned: run_recover(inputs, c, p),
                                  RecoverOutput, next(n), total)
+        quantized = None
+        if cand.quantize is not None:
+            quantized = runner.stage(f"quantize:{cand.rank}", lambda c=cand, r=recovered: run_quantize(inputs, c, r),
+                                     QuantizeOutput, next(n), total)
+            recovered = recovered.model_copy(update={"checkpoint": quantized.checkpoint, "size": quantized.size})
 
         def quality(checkpoint=folder.path(recovered.checkpoint)):
             return run_quality(inputs, inputs.load_checkpoint(checkpoint), teacher.traces)
 
-        per_cand.append((cand, pruned, recovered, runner.stage(f"quality:{cand.rank}", quality, Quality, next(n),
-                                                               total)))
+        per_cand.append((cand, pruned, recovered, quantized,
+                         runner.stage(f"quality:{cand.rank}", quality, Quality, next(n), total)))
 
     names = _variant_names(cands)
     checkpoints = {"dense": str(source.path)}
-    checkpoints.update({names[c.rank]: str(folder.path(rec.checkpoint)) for c, _, rec, _ in per_cand})
+    checkpoints.update({names[c.rank]: str(folder.path(rec.checkpoint)) for c, _, rec, _, _ in per_cand})
     latency = runner.stage("latency", lambda: run_latency(inputs, checkpoints, devinfo.label), LatencyOutput,
                            next(n), total).root
     return _results(runner, source, devinfo, teacher, dense_quality, per_cand, names, latency)
@@ -241,20 +260,23 @@ def _results(runner: Runner, source, devinfo, teacher: TeacherOutput, dense_qual
 
     variants = [Variant(name="dense", role="dense", checkpoint=str(source.path), size=teacher.dense_size,
                         quality=dense_quality, latency=latency.get("dense"))]
-    for cand, pruned, recovered, quality in per_cand:
+    for cand, pruned, recovered, quantized, quality in per_cand:
         rec = recovered.recovery
         if rec is not None:
             rec = rec.model_copy(update={"ppl_after": quality.heldout_ppl})
         name = names[cand.rank]
         variants.append(Variant(name=name, role="pruned", candidate_rank=cand.rank,
                                 checkpoint=str(runner.folder.path(recovered.checkpoint)), size=recovered.size,
-                                pruning=pruned.pruning, recovery=rec, quality=quality, latency=latency.get(name)))
+                                pruning=pruned.pruning if cand.prune is not None else None, recovery=rec,
+                                quantization=quantized.quantization if quantized is not None else None,
+                                quality=quality, latency=latency.get(name)))
     plan = runner.plan
     summary = PlanSummary(
         path=str(runner.plan_path), goal=plan.goal.value, gpu=plan.gpu,
         model=plan.model or source.name, workload=plan.workload, dense_predicted=plan.dense_predicted,
         dense_rates=plan.dense_rates,
-        candidates=[CandidateSummary(rank=c.rank, name=c.name, label=c.label, prune=c.prune, recovery=c.recovery,
+        candidates=[CandidateSummary(rank=c.rank, name=c.name, label=c.label, prune=c.prune, quantize=c.quantize,
+                                     shard=c.shard, recovery=c.recovery,
                                      projected_to=c.projected_to, goal_metric=c.goal_metric,
                                      predicted_goal=c.predicted_goal, predicted_speedup=c.predicted_speedup,
                                      predicted=c.predicted) for c in runner.candidates])

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, RootModel
 
 from planner.errors import InputError, did_you_mean
 from planner.run.folder import RunFolder
-from planner.run.results import Latency, PruningInfo, Quality, RecoveryInfo, Size
+from planner.run.results import Latency, PruningInfo, Quality, QuantizationInfo, RecoveryInfo, Size
 
 RUN_MINIMUMS = {"ppl_seq_len": 2, "ppl_max_tokens": 1, "threads": 1}  # beside the benchmark's own bounds
 
@@ -98,6 +98,12 @@ class PruneOutput(StageOutput):
 class RecoverOutput(StageOutput):
     checkpoint: str  # the recovered checkpoint (the pruned one when recovery is "none"), relative to the run folder
     recovery: RecoveryInfo | None  # ppl_after is filled in from the quality stage that follows
+    size: Size
+
+
+class QuantizeOutput(StageOutput):
+    checkpoint: str  # the quantized checkpoint, relative to the run folder
+    quantization: QuantizationInfo
     size: Size
 
 
@@ -223,27 +229,30 @@ def run_prune(inputs: RunInputs, cand) -> PruneOutput:
     from planner.prune import apply_pruning
     from planner.run.masks import save_masks
 
+    from planner.prune.specs import NoPruning
+
+    spec = cand.prune if cand.prune is not None else NoPruning()  # a quantization-only candidate: a dense copy
     model = copy.deepcopy(inputs.dense.model)  # the teacher stays untouched
     cal = cand.calibration
     text = read_text_files(cal.text_files) if cal.text_files else calibration_text()
     calib = token_blocks(inputs.tokenizer, text, cal.num_samples, min(cal.seq_len, inputs.seq_len(model)))
-    result = apply_pruning(model, cand.prune, calib.to(inputs.device))
+    result = apply_pruning(model, spec, calib.to(inputs.device))
     out_dir = inputs.cand_dir(cand) / "pruned"
     ppl_before = None
     if cand.recovery.method != "none":
         ppl_before = inputs.ppl(model)["ppl"]
-    meta = {"planner_stage": "prune", "prune": cand.prune.model_dump(mode="json"),
+    meta = {"planner_stage": "prune", "prune": spec.model_dump(mode="json"),
             "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
     exported = export_model(model, inputs.tokenizer, out_dir, meta, overwrite=True, scratch=inputs.folder.scratch)
     compressed = None
-    if get_kind(cand.prune).masked and result.masks:
+    if get_kind(spec).masked and result.masks:
         save_masks(result.masks, out_dir / "masks.safetensors")
         compressed = write_compressed(model, out_dir)
-    pruning = PruningInfo(spec=cand.prune, params_before=result.params_before, params_after=result.params_after,
+    pruning = PruningInfo(spec=spec, params_before=result.params_before, params_after=result.params_after,
                           achieved_sparsity=result.achieved_sparsity, details=_jsonable(result.details),
                           seconds=result.seconds)
     return PruneOutput(checkpoint=inputs.folder.relative(out_dir), pruning=pruning, ppl_before=ppl_before,
-                       size=_size(model, cand.prune, exported["file_bytes"], result.achieved_sparsity, compressed))
+                       size=_size(model, spec, exported["file_bytes"], result.achieved_sparsity, compressed))
 
 
 def run_recover(inputs: RunInputs, cand, pruned: PruneOutput) -> RecoverOutput:
@@ -261,7 +270,7 @@ def run_recover(inputs: RunInputs, cand, pruned: PruneOutput) -> RecoverOutput:
     result = recover(student, inputs.dense.model, inputs.tokenizer, spec, masks=masks, progress=inputs.opt.progress)
     out_dir = inputs.cand_dir(cand) / "model"
     sparsity = pruned.size.achieved_sparsity
-    meta = {"planner_stage": "recover", "prune": cand.prune.model_dump(mode="json"),
+    meta = {"planner_stage": "recover", "prune": cand.prune.model_dump(mode="json") if cand.prune else None,
             "recovery": spec.model_dump(mode="json"), "candidate": cand.name, "achieved_sparsity": sparsity}
     exported = export_model(student, inputs.tokenizer, out_dir, meta, overwrite=True, scratch=inputs.folder.scratch)
     compressed = write_compressed(student, out_dir) if masks else None
@@ -270,6 +279,24 @@ def run_recover(inputs: RunInputs, cand, pruned: PruneOutput) -> RecoverOutput:
                         ppl_before=pruned.ppl_before, seconds=result.seconds, stopped_by=result.stopped_by)
     return RecoverOutput(checkpoint=inputs.folder.relative(out_dir), recovery=info,
                          size=_size(student, cand.prune, exported["file_bytes"], sparsity, compressed))
+
+
+def run_quantize(inputs: RunInputs, cand, recovered: RecoverOutput) -> QuantizeOutput:
+    """Quantize the (pruned, recovered) model with the candidate's scheme (torchao) and export it."""
+    from planner.quant.engine import export_quantized, quantize_model
+
+    model = inputs.load_checkpoint(inputs.folder.path(recovered.checkpoint))
+    result = quantize_model(model, cand.quantize, device=inputs.device)
+    out_dir = inputs.cand_dir(cand) / "quantized"
+    meta = {"planner_stage": "quantize", "candidate": cand.name}
+    exported = export_quantized(model, inputs.tokenizer, out_dir, cand.quantize, overwrite=True, metadata=meta)
+    info = QuantizationInfo(spec=cand.quantize, backend=result.backend, linears_quantized=result.linears_quantized,
+                            params_quantized=result.params_quantized, dense_bytes=result.dense_bytes,
+                            quantized_bytes=result.quantized_bytes, seconds=result.seconds, notes=result.notes)
+    size = recovered.size.model_copy(update={"file_bytes": exported["file_bytes"], "pattern": cand.quantize.scheme})
+    return QuantizeOutput(checkpoint=inputs.folder.relative(out_dir), quantization=info, size=size)
+
+
 
 
 def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str) -> LatencyOutput:
@@ -289,7 +316,11 @@ def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str
     subjects = []
     for name, folder in checkpoints.items():
         model = None
-        if opt.runtime != "vllm":
+        if opt.runtime != "vllm" and _is_quantized(folder):
+            from planner.quant.engine import load_quantized
+
+            model = load_quantized(folder, dtype=dtype, device=inputs.device).model.eval()
+        elif opt.runtime != "vllm":
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, TORCH_DTYPES[dtype]))
             model = model.eval().to(inputs.device)
         subjects.append(Subject(name, model, folder))
@@ -297,6 +328,17 @@ def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _is_quantized(folder) -> bool:
+    import json
+
+    config = Path(folder) / "config.json"
+    try:
+        raw = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return (raw.get("quantization_config") or {}).get("quant_method") == "torchao"
 
 
 def _slug(text: str) -> str:
@@ -329,8 +371,9 @@ def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None,
         params += p.numel()
         nonzero += int((p != 0).sum())
     shape = get_adapter(model.config).shape(model.config)
-    pattern = "dense" if spec is None or spec.kind == "none" else (
-        f"{spec.n}:{spec.m}" if spec.kind == "nm" else spec.kind)
+    from planner.kinds import get_kind
+
+    pattern = "dense" if spec is None else get_kind(spec).size_pattern(spec)
     return Size(parameters=params, nonzero_parameters=nonzero, file_bytes=file_bytes,
                 compressed_file_bytes=compressed_file_bytes,
                 achieved_sparsity=achieved_sparsity, pattern=pattern,
