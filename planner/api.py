@@ -76,14 +76,74 @@ def _budget(max_ppl_increase: float | None):
                          "(accepted: a fraction >= 0, e.g. 0.10 for +10%)") from None
 
 
+def parse_schemes(texts, gpu=None, shape=None) -> list:
+    """QuantSpecs from "int8-weight-only", "int4-weight-only:g64" (or "...:64"); InputError naming the bad value
+    and what is accepted: an unknown scheme, a group size that is not offered or does not divide the model's
+    layers, a scheme the target GPU has no tensor cores for."""
+    from pydantic import ValidationError
+
+    from planner.documents import describe_validation
+    from planner.errors import InputError, did_you_mean
+    from planner.quant.specs import GROUP_SIZES, SCHEMES, QuantSpec
+
+    specs = []
+    for text in texts:
+        scheme, _, group = str(text).strip().partition(":")
+        if scheme not in SCHEMES:
+            raise InputError(f"--quantize: {did_you_mean(scheme, SCHEMES, 'quantization scheme')}")
+        data = {"scheme": scheme}
+        if group:
+            digits = group.lower().removeprefix("g")
+            if not digits.isdigit():
+                raise InputError(f"--quantize {text!r}: the group size is a number, e.g. {scheme}:g128 "
+                                 f"(accepted: {', '.join(map(str, GROUP_SIZES))})")
+            data["group_size"] = int(digits)
+        try:
+            spec = QuantSpec(**data)
+        except ValidationError as exc:
+            raise InputError(f"--quantize {text!r}: {describe_validation(exc)}") from None
+        if gpu is not None and not gpu.measured_local:
+            peaks = gpu.peak_tflops
+            needs = {"fp8": ("fp8", "FP8"), "w8a8-int8": ("int8", "INT8")}.get(spec.scheme)
+            if needs and getattr(peaks, needs[0], None) is None:
+                fits = [s for s in SCHEMES if s not in ("fp8", "w8a8-int8")
+                        or getattr(peaks, {"fp8": "fp8", "w8a8-int8": "int8"}[s], None) is not None]
+                raise InputError(f"--quantize {spec.scheme}: {gpu.id} has no {needs[1]} tensor cores "
+                                 f"(accepted on {gpu.id}: {', '.join(fits)})")
+        if shape is not None and spec.group_size:
+            dims = {"hidden size": shape.hidden_size, "MLP width": shape.intermediate_size,
+                    "attention width": shape.q_dim}
+            bad = {k: v for k, v in dims.items() if v % spec.group_size}
+            if bad:
+                ok = [g for g in GROUP_SIZES if all(v % g == 0 for v in dims.values())]
+                name, value = next(iter(bad.items()))
+                raise InputError(f"--quantize {text!r}: group size {spec.group_size} does not divide the model's "
+                                 f"{name} {value} (accepted for this model: "
+                                 f"{', '.join(map(str, ok)) or 'none; use int8-weight-only'})")
+        specs.append(spec)
+    return specs
+
+
+def _user_quantize_rule(specs):
+    """A rule that proposes the schemes the caller asked for, so they are decided like every other candidate."""
+    from planner.decide.rules import Rule
+
+    return Rule.model_validate({
+        "id": "asked-to-quantize", "statement": "asked for with --quantize",
+        "then": {"propose": {"quantize": [s.model_dump(exclude={"version"}, exclude_none=True) for s in specs],
+                             "recovery": ["none"]}},
+        "rationale": "the caller asked to consider these schemes", "sources": ["--quantize"]})
+
+
 def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=None, runtime: str | None = None,
          max_ppl_increase: float | None = None, rules=(), threads: int | None = None, measure: bool = True,
-         trust_remote_code: bool = False, dtype_fallback: bool = True):
+         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=()):
     """Profile the model (cached), decide with the rules, return the ranked plan.
 
     `goal`: a Goal or its name (aliases accepted); `gpu`: a catalog id or alias, or "cpu" (default a100);
     `workload`: a Workload or a dict of its fields; `rules`: folders of extra rules; `measure`: False for a
-    projection only (no weights needed)."""
+    projection only (no weights needed); `quantize`: schemes to consider besides the rules' (e.g.
+    "int4-weight-only:g64")."""
     from planner._version import __version__
     from planner.decide.engine import decide
     from planner.decide.plan import with_model_identity
@@ -101,8 +161,12 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
     served, dtype_note = serving_workload(_workload(workload, runtime), target, dtype_fallback=dtype_fallback)
     budget = _budget(max_ppl_increase)
     ruleset = load_rules(list(rules))
+    parse_schemes(quantize, target)  # the scheme and the GPU, before the slow part
     profile = load_or_run_profile(model, target, served, measure=measure, trust_remote_code=trust_remote_code,
                                   threads=threads)
+    asked = parse_schemes(quantize, target, profile.model.shape)
+    if asked:
+        ruleset.rules.append(_user_quantize_rule(asked))
     result = decide(goal=goal, gpu=target, workload=served, budget=budget, shape=profile.model.shape,
                     ruleset=ruleset, profile_facts=profile_facts(profile), params=profile.model.parameters,
                     model=model or "", model_name=profile.model.name, profile_info=_profile_info(profile),

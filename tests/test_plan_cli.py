@@ -217,3 +217,30 @@ def test_the_library_call_makes_the_plan_the_cli_writes(tmp_path, tiny_ckpt, cap
 
     with pytest.raises(InputError, match="goal"):
         planner.plan("fastest", "a100", model=str(tiny_ckpt), measure=False)
+
+
+@pytest.mark.parametrize("scheme, gpu, fragment", [
+    ("int5-weight-only", "a100", "accepted"),
+    ("int4-weight-only:g96", "a100", "accepted: 32, 64, 128, 256"),
+    ("int4-weight-only:gx", "a100", "group size is a number"),
+    ("fp8", "t4", "t4 has no FP8 tensor cores (accepted on t4: int8-weight-only, int4-weight-only, w8a8-int8)"),
+    ("int4-weight-only:g256", "a100", "group size 256 does not divide the model's hidden size 64"),
+])
+def test_bad_quantize_schemes_exit_2(scheme, gpu, fragment, tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "plan.json"
+    code, _, err = run(["--goal", "p95-latency", "--gpu", gpu, "--model", str(tiny_ckpt), "--no-measure",
+                        "--quantize", scheme, "-o", str(out)], capsys)
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_asked_schemes_are_decided_like_the_rest(tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "plan.json"
+    code, _, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-measure",
+                        "--quantize", "int4-weight-only:g32", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    asked = [c for c in list(plan.candidates) + list(plan.rejected)
+             if c.quantize is not None and c.quantize.group_size == 32]
+    assert asked and all(c.prune is None for c in asked)
+    assert "asked-to-quantize" in plan.rules_fired

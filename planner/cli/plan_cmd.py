@@ -25,6 +25,9 @@ def add_main_arguments(parser) -> None:
     g.add_argument("--rules", action="append", default=None, metavar="DIR",
                    help="a folder of your own rules (*.yaml), added to the built-in ones; repeatable "
                         "(check it first with `plan rules --check DIR`)")
+    g.add_argument("--quantize", action="append", default=None, metavar="SCHEME",
+                   help="also consider this quantization scheme: int8-weight-only, int4-weight-only[:gGROUP], fp8, "
+                        "w8a8-int8 (repeatable; the rules already propose the ones that fit the GPU)")
     g.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for the local measurement (use the same as `plan run --threads` when "
                         "planning for --gpu cpu)")
@@ -80,7 +83,8 @@ def make_plan(args):
                          "choose another -o/--output")
     plan = make(goal, args.gpu, model=args.model, workload=workload, max_ppl_increase=args.max_ppl_increase,
                 rules=args.rules or [], threads=getattr(args, "threads", None), measure=not args.no_measure,
-                trust_remote_code=args.trust_remote_code, dtype_fallback=args.dtype is None)
+                trust_remote_code=args.trust_remote_code, dtype_fallback=args.dtype is None,
+                quantize=args.quantize or [])
     path = save_plan(plan, out)
     return plan, path, time.perf_counter() - started
 
