@@ -4,7 +4,14 @@ Importing this package touches no GPU, no NVML and no network; heavy modules are
 need them.
 """
 
+import logging as _logging
+
 from planner._version import __version__  # noqa: F401  (planner.__version__)
+
+# transformers imports torchao (when installed) on every model load; torchao then warns that its CUDA-only kernels
+# did not load and torch that its enums are registered twice: noise on a CPU host, not a problem of the run
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 
 def plan(goal, gpu=None, **kwargs):

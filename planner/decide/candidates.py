@@ -76,7 +76,10 @@ def drafts_from(proposals: list[tuple[Rule, str]], shape, *, defaults: dict[str,
     unfit: dict[str, tuple[Draft, str]] = {}
     for rule, statement in proposals:
         prop = rule.then.propose
-        quants = [quant_spec(q) for q in prop.quantize] or [None]
+        quants = [q for q in (_fit_groups(quant_spec(q), shape) for q in prop.quantize) if q is not None] \
+            if prop.quantize else [None]
+        if not quants:
+            continue  # no offered group size divides this model's layers
         shards = [ShardSpec(tensor_parallel=n) for n in prop.tensor_parallel] or [None]
         steps: list[tuple[object, str]] = []  # (spec or None, what makes it one pruned model)
         if prop.spec is None:
@@ -108,3 +111,15 @@ def drafts_from(proposals: list[tuple[Rule, str]], shape, *, defaults: dict[str,
                             draft.proposed_by.append(rule.id)
                             draft.statements.append(statement)
     return list(drafts.values()), list(unfit.values())
+
+
+def _fit_groups(spec, shape):
+    """The scheme with the largest offered group size, at most the asked one, that divides every projection's
+    input width (SmolLM2's hidden size 576 takes groups of 64, not 128); None where none does."""
+    if spec.group_size is None:
+        return spec
+    from planner.quant.specs import GROUP_SIZES
+
+    widths = (shape.hidden_size, shape.intermediate_size, shape.q_dim)
+    fitting = [g for g in GROUP_SIZES if g <= spec.group_size and all(w % g == 0 for w in widths)]
+    return spec.model_copy(update={"group_size": max(fitting)}) if fitting else None
