@@ -137,13 +137,14 @@ def _user_quantize_rule(specs):
 
 def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=None, runtime: str | None = None,
          max_ppl_increase: float | None = None, rules=(), threads: int | None = None, measure: bool = True,
-         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=()):
+         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=(), probe: bool = False):
     """Profile the model (cached), decide with the rules, return the ranked plan.
 
     `goal`: a Goal or its name (aliases accepted); `gpu`: a catalog id or alias, or "cpu" (default a100);
     `workload`: a Workload or a dict of its fields; `rules`: folders of extra rules; `measure`: False for a
     projection only (no weights needed); `quantize`: schemes to consider besides the rules' (e.g.
-    "int4-weight-only:g64")."""
+    "int4-weight-only:g64"); `probe`: measure each candidate's quality loss one-shot on the model (needs weights;
+    off by default until its cost is bounded: masked steps calibrate layer by layer; off keeps the rules' priors)."""
     from planner._version import __version__
     from planner.decide.engine import decide
     from planner.decide.plan import with_model_identity
@@ -167,14 +168,40 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
     asked = parse_schemes(quantize, target, profile.model.shape)
     if asked:
         ruleset.rules.append(_user_quantize_rule(asked))
+    quality_probe, probe_note = _quality_probe(model, profile, probe=probe and measure,
+                                               trust_remote_code=trust_remote_code, threads=threads)
     result = decide(goal=goal, gpu=target, workload=served, budget=budget, shape=profile.model.shape,
                     ruleset=ruleset, profile_facts=profile_facts(profile), params=profile.model.parameters,
                     model=model or "", model_name=profile.model.name, profile_info=_profile_info(profile),
-                    estimator=estimator_like(profile.projected), planner_version=__version__)
+                    estimator=estimator_like(profile.projected), planner_version=__version__,
+                    quality_probe=quality_probe, probe_note=probe_note)
     notes = [n for n in (gpu_note, dtype_note) if n]
     if notes:
         result = result.model_copy(update={"notes": notes + result.notes})
     return with_model_identity(result)
+
+
+def _quality_probe(model, profile, *, probe: bool, trust_remote_code: bool, threads: int | None):
+    """(a function that measures steps one-shot on the loaded model, or None; why there is none)."""
+    if not probe:
+        return None, "no quality probe (pass --probe to measure each step on the model): the risk tiers are the rules' priors"
+    if not profile.model.weights_present:
+        return None, "config-only model: no weights to probe, so the risk tiers are the rules' priors"
+    loaded = []
+
+    def run(steps):
+        import torch
+
+        from planner.models import load_model
+        from planner.probe import probe as measure
+
+        if threads:
+            torch.set_num_threads(threads)
+        if not loaded:
+            loaded.append(load_model(model, dtype="fp32", trust_remote_code=trust_remote_code))
+        return measure(loaded[0], steps)
+
+    return run, ""
 
 
 def _profile_info(profile) -> dict:

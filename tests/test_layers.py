@@ -33,8 +33,9 @@ LAYERS: list[list[str]] = [
     # what a run does to a model
     ["planner.prune", "planner.quant", "planner.recover", "planner.evaluate", "planner.export", "planner.latency"],
     # pruning kinds: each kind ties its spec and engine (planner.prune) to its shape and size formulas
-    # (planner.profile.roofline), so it sits above both, and below the decision that asks it
-    ["planner.kinds"],
+    # (planner.profile.roofline), so it sits above both, and below the decision that asks it; the quality probe
+    # applies steps (prune, quant) and measures them (evaluate) for the decision
+    ["planner.kinds", "planner.probe"],
     # rules -> ranked candidates -> plan.json, and the main job as a library call (profile + decide)
     ["planner.decide"],
     ["planner.api"],

@@ -244,3 +244,37 @@ def test_asked_schemes_are_decided_like_the_rest(tmp_path, tiny_ckpt, capsys):
              if c.quantize is not None and c.quantize.group_size == 32]
     assert asked and all(c.prune is None for c in asked)
     assert "asked-to-quantize" in plan.rules_fired
+
+
+def test_the_quality_probe_measures_each_step_on_the_model(tmp_path, tiny_ckpt, capsys):
+    """With weights, `plan` applies every candidate's step one-shot to the model, measures held-out perplexity,
+    and rates risk and budget on the loss predicted after recovery; without --probe the rules' priors stand."""
+    from planner.decide.engine import tier_of
+
+    out = tmp_path / "plan.json"
+    code, stdout, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt), "--probe",
+                             "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert plan.probe["measured"] and plan.probe["steps"] >= 5 and plan.probe["ppl_dense"] > 1
+    judged = [c for c in list(plan.candidates) + list(plan.rejected) if c.quality is not None]
+    assert judged and "quality probe:" in stdout and "after recovery" in stdout
+    for c in judged:
+        q = c.quality
+        assert q.predicted_ppl_increase == pytest.approx(max(0.0, q.one_shot_ppl_increase) * q.recovery_factor)
+        if c.recovery is not None and c.recovery.method == "none":
+            assert q.recovery_factor == 1.0
+    for c in plan.candidates:
+        if c.quality is not None:
+            assert c.quality_risk == tier_of(c.quality.predicted_ppl_increase)
+            assert c.quality.predicted_ppl_increase <= 0.5
+    over = [r for r in plan.rejected if r.why and r.why[0].kind == "budget" and "probe" in r.why[0].rules]
+    assert all(r.quality.predicted_ppl_increase > 0.5 for r in over)
+    # measured, not a prior: the figures differ from step to step (random weights: not necessarily monotone)
+    assert len({round(c.quality.one_shot_ppl_increase, 6) for c in judged}) > 3
+
+    code, _, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt),
+                        "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    assert not plan.probe["measured"] and all(c.quality is None for c in plan.candidates)

@@ -33,6 +33,10 @@ def add_main_arguments(parser) -> None:
                         "planning for --gpu cpu)")
     g.add_argument("--no-measure", action="store_true",
                    help="projection only: skip measuring the model on this machine (no weights needed)")
+    g.add_argument("--probe", action="store_true",
+                   help="measure quality on the model: each candidate's step applied one-shot to a copy, held-out "
+                        "perplexity measured, risk and budget from the loss predicted after recovery (needs weights; "
+                        "minutes on a CPU: masked steps calibrate layer by layer)")
     g.add_argument("-o", "--output", default="plan.json", metavar="FILE",
                    help="where to write the plan (default ./plan.json; an existing file is replaced only if it "
                         "is a plan)")
@@ -84,7 +88,7 @@ def make_plan(args):
     plan = make(goal, args.gpu, model=args.model, workload=workload, max_ppl_increase=args.max_ppl_increase,
                 rules=args.rules or [], threads=getattr(args, "threads", None), measure=not args.no_measure,
                 trust_remote_code=args.trust_remote_code, dtype_fallback=args.dtype is None,
-                quantize=args.quantize or [])
+                quantize=args.quantize or [], probe=args.probe)
     path = save_plan(plan, out)
     return plan, path, time.perf_counter() - started
 
@@ -156,6 +160,13 @@ def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) 
         con.print(f"  profile: {escape(plan.profile['measured'])}")
     con.print(f"  dense {metric}: {format_metric(metric, plan.dense_goal)} [dim](projected to {escape(plan.gpu)}, "
               "roofline lower bound)[/]")
+    probe = plan.probe or {}
+    if probe.get("measured"):
+        con.print(f"  quality probe: {probe['steps']} steps applied one-shot, held-out perplexity on "
+                  f"{probe['tokens']:,} tokens (dense {probe['ppl_dense']:.2f}; measured on this machine, "
+                  f"{probe['cached']} from the cache, {probe['seconds']:.1f} s)")
+    elif probe.get("note"):
+        con.print(f"  [dim]{escape(probe['note'])}[/]")
     memory = _memory_line(plan)
     if memory:
         con.print(f"  {escape(memory)}")
@@ -167,12 +178,19 @@ def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) 
         table.add_column("plan", min_width=18)
         table.add_column(metric, justify="right", no_wrap=True)
         table.add_column("speedup", justify="right", no_wrap=True)
+        probed = any(c.quality is not None for c in plan.candidates[:top])
+        if probed:
+            table.add_column("ppl one-shot\n(measured)", justify="right", no_wrap=True)
+            table.add_column("after recovery\n(predicted)", justify="right", no_wrap=True)
         table.add_column("risk", no_wrap=True)
         table.add_column("recovery", no_wrap=True)
         table.add_column("why", min_width=24, max_width=80)
         for c in plan.candidates[:top]:
+            quality = [] if not probed else (
+                [f"{c.quality.one_shot_ppl_increase:+.1%}", f"{c.quality.predicted_ppl_increase:+.1%}"]
+                if c.quality is not None else ["—", "—"])
             table.add_row(str(c.rank), escape(c.label), format_metric(c.goal_metric, c.predicted_goal),
-                          f"{c.predicted_speedup:.2f}x" if c.predicted_speedup else "—", c.quality_risk,
+                          f"{c.predicted_speedup:.2f}x" if c.predicted_speedup else "—", *quality, c.quality_risk,
                           c.recovery.method, escape(_why(c)))
         con.print(table)
         if len(plan.candidates) > top:

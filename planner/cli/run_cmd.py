@@ -82,6 +82,7 @@ def run(args) -> int:
     results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
                        resume=args.resume, options=options)
     calibrated = _calibrate(results)
+    learned = _learn_recovery(results)
     if args.json:
         from planner.cli._out import print_json
 
@@ -95,7 +96,25 @@ def run(args) -> int:
             console().print(escape(f"calibrated this host's {calibrated['key']['runtime']} figures: per-step host time "
                                    f"{calibrated['step_ms']:.2f} ms, per-request {calibrated['request_ms']:.1f} ms "
                                    f"(stored in {calibrated['path']}; later --gpu cpu plans use them)"))
+        for m in learned:
+            from planner.cli._out import console as _console
+            from planner.cli._out import escape as _escape
+
+            _console().print(_escape(f"recovery factor of {m.variant} ({m.method}, {m.steps} steps): "
+                                   f"{m.factor:.2f} measured (one-shot ppl {m.ppl_one_shot:.2f} -> {m.ppl_after:.2f} "
+                                   f"after, dense {m.ppl_dense:.2f}); later plans predict with it"))
     return 0
+
+
+def _learn_recovery(results) -> list:
+    """Every recovered variant's measured recovery factor goes to the store later plans predict with."""
+    from planner.errors import InputError
+    from planner.probe.recovery import update_factor
+
+    try:
+        return update_factor(results, f"{results.provenance.run_dir}/results.json")
+    except (InputError, OSError):
+        return []
 
 
 def _calibrate(results) -> dict | None:

@@ -108,7 +108,52 @@ def _gb(*parts) -> str | None:
     return None if any(p is None for p in parts) else f"{sum(parts):,.1f}"
 
 
-def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any]:
+def _probe(drafts: list[Draft], quality_probe: Callable | None):
+    """Every distinct (prune, quantize) step of the drafts, measured once by `quality_probe` (None without one)."""
+    if quality_probe is None:
+        return None
+    steps: list[tuple] = []
+    for d in drafts:
+        prune = d.prune if d.prune is not None and d.prune.kind != "none" else None
+        if (prune is not None or d.quantize is not None) and (prune, d.quantize) not in steps:
+            steps.append((prune, d.quantize))
+    return quality_probe(steps) if steps else None
+
+
+def _quality(draft: Draft, report, params: int, recovery_factor: Callable):
+    """The measured one-shot loss of the draft's step, and the loss predicted after its recovery."""
+    from planner.decide.plan import QualityEstimate
+
+    if report is None:
+        return None
+    prune = draft.prune if draft.prune is not None and draft.prune.kind != "none" else None
+    step = next((sp for sp in report.steps if sp.matches(prune, draft.quantize)), None)
+    if step is None or step.ppl_increase is None:
+        return None
+    r = draft.recovery
+    factor = recovery_factor(r.method, r.max_steps, r.max_tokens, params, prune.kind if prune else None)
+    one_shot = step.ppl_increase
+    return QualityEstimate(one_shot_ppl_increase=one_shot, predicted_ppl_increase=max(0.0, one_shot) * factor.factor,
+                           recovery_factor=factor.factor, factor_source=factor.source,
+                           top1_agreement=step.top1_agreement, probe_tokens=report.tokens)
+
+
+def _probe_info(report, note: str) -> dict[str, Any]:
+    if report is None:
+        return {"measured": False, "note": note or "no quality probe: the risk tiers are the rules' priors"}
+    return {"measured": True, "model": report.model, "tokens": report.tokens, "seq_len": report.seq_len,
+            "ppl_dense": report.ppl_dense, "steps": len(report.steps), "cached": sum(s.cached for s in report.steps),
+            "seconds": round(report.seconds, 2),
+            "errors": {s.label if hasattr(s, "label") else str(i): s.error for i, s in enumerate(report.steps)
+                       if s.error}}
+
+
+def tier_of(ppl_increase: float) -> str:
+    """The risk tier whose band holds a (measured or predicted) perplexity increase."""
+    return next(t for t, (low, high) in TIER_PPL.items() if ppl_increase < high)
+
+
+def _candidate_facts(facts: dict[str, Any], draft: Draft, pred, quality=None) -> dict[str, Any]:
     from planner.prune.specs import NoPruning
 
     spec = draft.prune if draft.prune is not None else NoPruning()
@@ -132,15 +177,20 @@ def _candidate_facts(facts: dict[str, Any], draft: Draft, pred) -> dict[str, Any
     out["predicted_memory_gb"] = memory_gb
     usable = facts.get("gpu_usable_memory_gb") or capacity
     out["predicted_fits"] = None if memory_gb is None or not usable else memory_gb <= usable
+    out["probe_ppl_increase"] = quality.one_shot_ppl_increase if quality is not None else None
+    out["predicted_ppl_increase"] = quality.predicted_ppl_increase if quality is not None else None
     return out
 
 
 def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profile_facts: dict[str, Any] | None = None,
            params: int | None = None, model: str = "", model_name: str = "", profile_info: dict | None = None,
-           estimator: Callable | None = None, planner_version: str = "") -> Plan:
+           estimator: Callable | None = None, planner_version: str = "", quality_probe: Callable | None = None,
+           recovery_factor: Callable | None = None, probe_note: str = "") -> Plan:
     """Decide and rank. `estimator(shape, workload, gpu, sparse_2to4=...)` projects one shape to the GPU (default:
     planner.profile.roofline.estimate on the catalog's peaks; the CLI passes the profile's measured peaks for the
-    local host)."""
+    local host). `quality_probe([(prune spec or None, quant spec or None), ...])` measures each step one-shot on
+    the model (a planner.probe.ProbeReport); with it, the quality risk and the budget use the measured loss x
+    `recovery_factor(method, steps, tokens, params, kind)` instead of the rules' priors."""
     from planner.prune.specs import NoPruning
 
     params = params if params is not None else predict_mod.total_params(shape)
@@ -155,6 +205,9 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
 
     kept: list[Candidate] = []
     drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
+    report = _probe(drafts, quality_probe)
+    if recovery_factor is None:
+        from planner.probe.recovery import factor_for as recovery_factor
     rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape),
                          label=candidate_label(d.prune, d.recovery, shape), prune=d.prune, recovery=d.recovery,
                          quantize=d.quantize, shard=d.shard,
@@ -164,7 +217,8 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         levers = {"quantize": draft.quantize, "shard": draft.shard}
         pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator, **levers)
         label = candidate_label(draft.prune, draft.recovery, shape, **levers)
-        cfacts = _candidate_facts(facts, draft, pred)
+        quality = _quality(draft, report, params, recovery_factor)
+        cfacts = _candidate_facts(facts, draft, pred, quality)
         memory_gb = cfacts["predicted_memory_gb"]
         cvalues = dict(values, plan=label, kind=cfacts["kind"], ratio_pct=f"{pred.ratio:.0%}",
                        scheme=cfacts["quantize"], tensor_parallel=cfacts["tensor_parallel"],
@@ -175,7 +229,7 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         judged = _judge(draft, pred, outcome, ctx, budget, gpu, metric,
                         name=candidate_name(draft.prune, draft.recovery, shape, **levers), label=label,
-                        workload_runtime=workload.runtime)
+                        workload_runtime=workload.runtime, quality=quality)
         (rejected if isinstance(judged, Rejected) else kept).append(judged)
 
     kept.sort(key=lambda c: (-c.score, c.params_removed_frac, c.name))
@@ -185,7 +239,7 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         gpu_name=gpu.name, workload=workload, budget=budget, goal_metric=metric, dense_goal=dense.get(metric),
         dense_predicted=dense, profile=profile_info or {}, facts=facts, rules_version=ruleset.version,
         rule_files=[str(p) for p in ruleset.files], rules_fired=list(dict.fromkeys(fired)),
-        candidates=candidates, rejected=rejected,
+        candidates=candidates, rejected=rejected, probe=_probe_info(report, probe_note),
         verdict=_verdict(ctx, candidates, goal, gpu, _runtime_advice(by_runtime, workload, metric)),
         notes=_plan_notes(goal, gpu, workload), dense_by_runtime=by_runtime,
         dense_rates=_dense_rates(shape, workload, gpu, estimator),
@@ -193,15 +247,21 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
 
 
 def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, budget, gpu, metric: str, *,
-           name: str, label: str, workload_runtime: str | None = None) -> Candidate | Rejected:
-    """Set the candidate aside (don't-prune verdict, a reject rule, no projection, over the budget) or keep it."""
-    tier = outcome.tier
+           name: str, label: str, workload_runtime: str | None = None, quality=None) -> Candidate | Rejected:
+    """Set the candidate aside (don't-prune verdict, a reject rule, no projection, over the budget) or keep it.
+    With a measured `quality` the tier and the budget follow the predicted loss; the rules' tier is the prior."""
+    prior = outcome.tier
+    tier = tier_of(quality.predicted_ppl_increase) if quality is not None else prior
     why = [Reason(kind="dont_prune", rules=[r.id], text="don't prune", detail=text) for r, text in ctx.dont_prune]
     why += [Reason(kind="reject", rules=[r.id], text=text) for r, text in outcome.rejections]
     if pred.speedup is None:
         why.append(Reason(kind="no_prediction", rules=["no-prediction"], text=f"no {metric} projection for {gpu.id}"))
-    rated = [(r, text) for r, text in outcome.risks if r.then.risk == tier]  # the rules behind the tier
-    if not why and not within_budget(tier, budget.max_ppl_increase):
+    rated = [(r, text) for r, text in outcome.risks if r.then.risk == prior]  # the rules behind the prior tier
+    if not why and quality is not None and quality.predicted_ppl_increase > budget.max_ppl_increase:
+        why.append(Reason(kind="budget", rules=["budget", "probe"],
+                          text=f"predicted +{quality.predicted_ppl_increase:.1%} perplexity after recovery exceeds the "
+                               f"+{budget.max_ppl_increase:.0%} budget", detail=quality.text))
+    if not why and quality is None and not within_budget(tier, budget.max_ppl_increase):
         why.append(Reason(kind="budget", rules=["budget"] + [r.id for r, _ in rated],
                           text=f"quality risk {tier} (typically > +{TIER_PPL[tier][0]:.0%} perplexity) exceeds the "
                                f"+{budget.max_ppl_increase:.0%} budget",
@@ -209,13 +269,18 @@ def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, b
     if why:
         return Rejected(name=name, label=label, prune=draft.prune, recovery=draft.recovery,
                         quantize=draft.quantize, shard=draft.shard, predicted_speedup=pred.speedup, quality_risk=tier,
-                        rules=[rule for w in why for rule in w.rules], reasons=[str(w) for w in why], why=why)
+                        rules=[rule for w in why for rule in w.rules], reasons=[str(w) for w in why], why=why,
+                        quality=quality)
     risk_text = "; ".join(text for _, text in rated) or "no risk rule matched: rated medium by default"
     chosen_by = draft.proposed_by + [r.id for r, _ in outcome.notes] + [r.id for r, _ in rated]
     why = [Reason(kind="proposed", rules=[rule], text=text) for rule, text in zip(draft.proposed_by, draft.statements)]
     why += [Reason(kind="recovery" if r.when.facts_used() == {"recovery"} else "note", rules=[r.id], text=text)
             for r, text in outcome.notes]
-    why.append(Reason(kind="risk", rules=[r.id for r, _ in rated], text=f"quality risk {tier}", detail=risk_text))
+    if quality is not None:
+        why.append(Reason(kind="risk", rules=["probe"], text=f"quality risk {tier}",
+                          detail=f"{quality.text}; the rules' prior was {prior}"))
+    else:
+        why.append(Reason(kind="risk", rules=[r.id for r, _ in rated], text=f"quality risk {tier}", detail=risk_text))
     score = (pred.gain or 0.0) * TIER_WEIGHT[tier]
     model = f"serving-stack model, {workload_runtime}" if workload_runtime else "roofline model"
     return Candidate(
@@ -224,7 +289,8 @@ def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, b
         basis=f"projected to {gpu.id} ({model})", goal_metric=pred.metric, predicted_goal=pred.value,
         predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
         params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),
-        chosen_by=list(dict.fromkeys(chosen_by)), reasons=[str(w) for w in why], why=why, notes=pred.notes)
+        chosen_by=list(dict.fromkeys(chosen_by)), reasons=[str(w) for w in why], why=why, notes=pred.notes,
+        quality=quality)
 
 
 def _spec_defaults(gpu, workload) -> dict[str, dict]:

@@ -178,6 +178,12 @@ _FACT_LIST = [
        "goal metric, dense / pruned (x times better), projected to the target GPU", (), "candidate"),
     _f("predicted_gain", "number", "candidate", "1 - 1/predicted_speedup: the share of the goal metric saved",
        (), "candidate"),
+    _f("probe_ppl_increase", "number", "candidate",
+       "held-out perplexity increase of the step applied one-shot, measured on this model by the probe (absent: "
+       "config-only or --no-probe)", (), "candidate"),
+    _f("predicted_ppl_increase", "number", "candidate",
+       "perplexity increase predicted after the planned recovery: the probe's one-shot figure x the recovery factor",
+       (), "candidate"),
     _f("predicted_memory_gb", "number", "candidate",
        "weights + KV cache + activations of the pruned model on the target GPU, GB (projected)", (), "candidate"),
     _f("predicted_fits", "bool", "candidate", "the pruned model's predicted memory fits in the target GPU's memory",

@@ -54,6 +54,23 @@ def levers_of(item) -> list[str]:
             and not (name == "prune" and getattr(item.prune, "kind", None) == "none")]
 
 
+class QualityEstimate(_Doc):
+    """Quality measured on the model itself: the step applied one-shot to a copy and held-out perplexity measured
+    (planner.probe), and the increase predicted after the planned recovery (one-shot x a recovery factor)."""
+
+    one_shot_ppl_increase: float  # measured, relative (0.12 = +12%)
+    predicted_ppl_increase: float  # after the planned recovery, predicted
+    recovery_factor: float
+    factor_source: str  # "prior: ..." or "measured (...)": where the factor came from
+    top1_agreement: float | None = None  # with the dense model, one-shot, on the probe's tokens
+    probe_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return (f"one-shot +{self.one_shot_ppl_increase:.1%} held-out perplexity measured on this model, "
+                f"+{self.predicted_ppl_increase:.1%} predicted after recovery (factor {self.recovery_factor:.2f})")
+
+
 ReasonKind = Literal["proposed", "note", "recovery", "risk", "reject", "budget", "dont_prune", "no_prediction",
                      "unfit"]
 
@@ -79,7 +96,22 @@ def _legacy_why(data: Any) -> Any:
     return data
 
 
-class Candidate(_Doc):
+class _Levers(_Doc):
+    """What a candidate and a rejected alternative share: their levers (prune / quantize / shard fields)."""
+
+    _legacy = model_validator(mode="before")(_legacy_why)
+
+    @property
+    def prune_kind(self) -> str:
+        """The pruning kind, "none" for a candidate that does not prune."""
+        return self.prune.kind if self.prune is not None else "none"
+
+    @property
+    def levers(self) -> list[str]:
+        return levers_of(self)
+
+
+class Candidate(_Levers):
     """One ranked pruning plan: what to prune, how to recover, what it is predicted to do, and why."""
 
     rank: int = Field(ge=1)
@@ -105,20 +137,11 @@ class Candidate(_Doc):
     reasons: list[str] = Field(default_factory=list)  # the `why` lines as text
     notes: list[str] = Field(default_factory=list)  # how the figures were projected
     why: list[Reason] = Field(default_factory=list)
-
-    _legacy = model_validator(mode="before")(_legacy_why)
-
-    @property
-    def prune_kind(self) -> str:
-        """The pruning kind, "none" for a candidate that does not prune."""
-        return self.prune.kind if self.prune is not None else "none"
-
-    @property
-    def levers(self) -> list[str]:
-        return levers_of(self)
+    quality: QualityEstimate | None = None  # measured by the probe (None: config-only or --no-probe: the priors)
 
 
-class Rejected(_Doc):
+
+class Rejected(_Levers):
     """An alternative that was considered and set aside, with the reasons."""
 
     name: str
@@ -132,17 +155,8 @@ class Rejected(_Doc):
     rules: list[str] = Field(default_factory=list)  # ids of the rules (or "budget") that rejected it
     reasons: list[str] = Field(min_length=1)  # the `why` lines as text
     why: list[Reason] = Field(default_factory=list)
+    quality: QualityEstimate | None = None
 
-    _legacy = model_validator(mode="before")(_legacy_why)
-
-    @property
-    def prune_kind(self) -> str:
-        """The pruning kind, "none" for a candidate that does not prune."""
-        return self.prune.kind if self.prune is not None else "none"
-
-    @property
-    def levers(self) -> list[str]:
-        return levers_of(self)
 
 
 class LeverAdvice(_Doc):
@@ -186,6 +200,8 @@ class Plan(_Doc):
     # the serving model's rates behind dense_predicted (efficiencies, overheads, where they came from)
     dense_rates: dict[str, Any] | None = None
     profile: dict[str, Any] = Field(default_factory=dict)  # where the profile came from: measured on, cache path
+    # the quality probe: tokens, seconds, dense perplexity; or why there was none (then the risk tiers are priors)
+    probe: dict[str, Any] = Field(default_factory=dict)
     facts: dict[str, Any] = Field(default_factory=dict)  # every context fact the rules saw
     rules_version: str
     rule_files: list[str] = Field(default_factory=list)  # paths of the rule files, as loaded

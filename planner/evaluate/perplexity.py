@@ -6,6 +6,8 @@ import math
 
 from planner.errors import InputError
 
+HELDOUT_TOKENS = 16_384  # held-out tokens `plan run` measures perplexity on by default (--ppl-tokens)
+
 
 def perplexity(model, tokenizer, text: str, seq_len: int = 512, max_tokens: int | None = 16_384,
                batch_size: int = 4) -> dict:

@@ -315,7 +315,7 @@ class Latency(_Doc):
 
 class Variant(_Doc):
     name: str  # "dense", "candidate-1", ...
-    role: Literal["dense", "pruned"]
+    role: Literal["dense", "pruned"]  # "pruned": any candidate (pruned, quantized, or both), beside the dense baseline
     candidate_rank: int | None = None  # PlanSummary.candidates[...].rank; None for dense
     checkpoint: str | None = None  # folder of the (exported) checkpoint
     size: Size

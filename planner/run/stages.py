@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, RootModel
 
 from planner.errors import InputError, did_you_mean
+from planner.evaluate.perplexity import HELDOUT_TOKENS
 from planner.run.folder import RunFolder
 from planner.run.results import Latency, PruningInfo, Quality, QuantizationInfo, RecoveryInfo, Size
 
@@ -36,7 +37,7 @@ class RunOptions:
     eval_prompts: list[str] = field(default_factory=list)  # user JSONL prompt files, a regression slice
     slices: list[str] | None = None  # bundled capability slices (default: all)
     ppl_seq_len: int = 512
-    ppl_max_tokens: int = 16_384
+    ppl_max_tokens: int = HELDOUT_TOKENS
     requests: int = 10  # timed requests per variant
     warmup: int = 2
     runtime: str = "hf-eager"
