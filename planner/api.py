@@ -137,14 +137,14 @@ def _user_quantize_rule(specs):
 
 def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=None, runtime: str | None = None,
          max_ppl_increase: float | None = None, rules=(), threads: int | None = None, measure: bool = True,
-         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=(), probe: bool = False):
+         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=(), probe: bool = True):
     """Profile the model (cached), decide with the rules, return the ranked plan.
 
     `goal`: a Goal or its name (aliases accepted); `gpu`: a catalog id or alias, or "cpu" (default a100);
     `workload`: a Workload or a dict of its fields; `rules`: folders of extra rules; `measure`: False for a
     projection only (no weights needed); `quantize`: schemes to consider besides the rules' (e.g.
-    "int4-weight-only:g64"); `probe`: measure each candidate's quality loss one-shot on the model (needs weights;
-    off by default until its cost is bounded: masked steps calibrate layer by layer; off keeps the rules' priors)."""
+    "int4-weight-only:g64"); `probe`: measure the quality loss of every candidate the speed rules keep, one-shot on
+    the model (needs weights; False keeps the rules' risk priors)."""
     from planner._version import __version__
     from planner.decide.engine import decide
     from planner.decide.plan import with_model_identity
@@ -184,7 +184,7 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
 def _quality_probe(model, profile, *, probe: bool, trust_remote_code: bool, threads: int | None):
     """(a function that measures steps one-shot on the loaded model, or None; why there is none)."""
     if not probe:
-        return None, "no quality probe (pass --probe to measure each step on the model): the risk tiers are the rules' priors"
+        return None, "quality probe skipped (--no-probe or --no-measure): the risk tiers are the rules' priors"
     if not profile.model.weights_present:
         return None, "config-only model: no weights to probe, so the risk tiers are the rules' priors"
     loaded = []

@@ -248,11 +248,11 @@ def test_asked_schemes_are_decided_like_the_rest(tmp_path, tiny_ckpt, capsys):
 
 def test_the_quality_probe_measures_each_step_on_the_model(tmp_path, tiny_ckpt, capsys):
     """With weights, `plan` applies every candidate's step one-shot to the model, measures held-out perplexity,
-    and rates risk and budget on the loss predicted after recovery; without --probe the rules' priors stand."""
+    and rates risk and budget on the loss predicted after recovery; --no-probe keeps the rules' priors."""
     from planner.decide.engine import tier_of
 
     out = tmp_path / "plan.json"
-    code, stdout, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt), "--probe",
+    code, stdout, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt),
                              "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
     assert code == 0, err
     plan = load_plan(out)
@@ -273,7 +273,7 @@ def test_the_quality_probe_measures_each_step_on_the_model(tmp_path, tiny_ckpt, 
     # measured, not a prior: the figures differ from step to step (random weights: not necessarily monotone)
     assert len({round(c.quality.one_shot_ppl_increase, 6) for c in judged}) > 3
 
-    code, _, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt),
+    code, _, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-probe",
                         "--max-ppl-increase", "0.5", "-o", str(out)], capsys)
     assert code == 0, err
     plan = load_plan(out)

@@ -33,10 +33,9 @@ def add_main_arguments(parser) -> None:
                         "planning for --gpu cpu)")
     g.add_argument("--no-measure", action="store_true",
                    help="projection only: skip measuring the model on this machine (no weights needed)")
-    g.add_argument("--probe", action="store_true",
-                   help="measure quality on the model: each candidate's step applied one-shot to a copy, held-out "
-                        "perplexity measured, risk and budget from the loss predicted after recovery (needs weights; "
-                        "minutes on a CPU: masked steps calibrate layer by layer)")
+    g.add_argument("--no-probe", action="store_true",
+                   help="skip the quality probe (every candidate the speed rules keep applied one-shot to a copy of "
+                        "the model and measured): the risk tiers stay the rules' priors")
     g.add_argument("-o", "--output", default="plan.json", metavar="FILE",
                    help="where to write the plan (default ./plan.json; an existing file is replaced only if it "
                         "is a plan)")
@@ -88,7 +87,7 @@ def make_plan(args):
     plan = make(goal, args.gpu, model=args.model, workload=workload, max_ppl_increase=args.max_ppl_increase,
                 rules=args.rules or [], threads=getattr(args, "threads", None), measure=not args.no_measure,
                 trust_remote_code=args.trust_remote_code, dtype_fallback=args.dtype is None,
-                quantize=args.quantize or [], probe=args.probe)
+                quantize=args.quantize or [], probe=not args.no_probe)
     path = save_plan(plan, out)
     return plan, path, time.perf_counter() - started
 

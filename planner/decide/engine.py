@@ -108,15 +108,21 @@ def _gb(*parts) -> str | None:
     return None if any(p is None for p in parts) else f"{sum(parts):,.1f}"
 
 
+def _step(draft: Draft) -> tuple:
+    """(prune spec or None, quant spec or None): what the probe applies for a draft."""
+    prune = draft.prune if draft.prune is not None and draft.prune.kind != "none" else None
+    return prune, draft.quantize
+
+
 def _probe(drafts: list[Draft], quality_probe: Callable | None):
     """Every distinct (prune, quantize) step of the drafts, measured once by `quality_probe` (None without one)."""
     if quality_probe is None:
         return None
     steps: list[tuple] = []
     for d in drafts:
-        prune = d.prune if d.prune is not None and d.prune.kind != "none" else None
-        if (prune is not None or d.quantize is not None) and (prune, d.quantize) not in steps:
-            steps.append((prune, d.quantize))
+        step = _step(d)
+        if step != (None, None) and step not in steps:
+            steps.append(step)
     return quality_probe(steps) if steps else None
 
 
@@ -126,8 +132,8 @@ def _quality(draft: Draft, report, params: int, recovery_factor: Callable):
 
     if report is None:
         return None
-    prune = draft.prune if draft.prune is not None and draft.prune.kind != "none" else None
-    step = next((sp for sp in report.steps if sp.matches(prune, draft.quantize)), None)
+    prune, quantize = _step(draft)
+    step = next((sp for sp in report.steps if sp.matches(prune, quantize)), None)
     if step is None or step.ppl_increase is None:
         return None
     r = draft.recovery
@@ -205,7 +211,6 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
 
     kept: list[Candidate] = []
     drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
-    report = _probe(drafts, quality_probe)
     if recovery_factor is None:
         from planner.probe.recovery import factor_for as recovery_factor
     rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape),
@@ -213,7 +218,8 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
                          quantize=d.quantize, shard=d.shard,
                          rules=d.proposed_by, reasons=[why],
                          why=[Reason(kind="unfit", rules=list(d.proposed_by), text=why)]) for d, why in unfit]
-    for draft in drafts:
+
+    def assess(draft, report):
         levers = {"quantize": draft.quantize, "shard": draft.shard}
         pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator, **levers)
         label = candidate_label(draft.prune, draft.recovery, shape, **levers)
@@ -226,10 +232,23 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
                        speedup="?" if pred.speedup is None else f"{pred.speedup:.2f}x",
                        gain_pct="?" if pred.gain is None else f"{pred.gain:.0%}")
         outcome = fire_candidate(ruleset, cfacts, cvalues)
-        fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         judged = _judge(draft, pred, outcome, ctx, budget, gpu, metric,
                         name=candidate_name(draft.prune, draft.recovery, shape, **levers), label=label,
                         workload_runtime=workload.runtime, quality=quality)
+        return judged, outcome
+
+    # the quality probe measures only what the speed and fit rules keep: a step set aside for speed needs no
+    # measurement of its quality (and the probe costs seconds per step)
+    first = [(d, *assess(d, None)) for d in drafts]
+    report = None
+    if quality_probe is not None:
+        alive = [d for d, judged, outcome in first if not outcome.rejections and not ctx.dont_prune
+                 and judged.predicted_speedup is not None]
+        report = _probe(alive, quality_probe)
+    for draft, judged, outcome in first:
+        if report is not None and any(sp.matches(*_step(draft)) for sp in report.steps):
+            judged, outcome = assess(draft, report)
+        fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         (rejected if isinstance(judged, Rejected) else kept).append(judged)
 
     kept.sort(key=lambda c: (-c.score, c.params_removed_frac, c.name))
