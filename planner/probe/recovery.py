@@ -290,13 +290,22 @@ def factor_for(method: str, steps: int | None, tokens: int | None, params: int |
     except InputError as exc:  # a damaged store must not stop a plan: fall back to the priors, and say so
         prior = prior_factor(method, steps, tokens, params, kind)
         return RecoveryFactor(prior.factor, f"{prior.source} (stored factors unreadable: {exc})")
-    budget, size = budget_bucket(recovery_tokens(steps, tokens)), size_bucket(params)
-    matching = [m for m in measurements
-                if m.method == method and m.budget_bucket == budget and m.size_bucket == size]
-    if kind is not None and any(m.kind == kind for m in matching):
-        matching = [m for m in matching if m.kind == kind]
+    wanted = recovery_tokens(steps, tokens)
+    budget, size = budget_bucket(wanted), size_bucket(params)
+    similar = [m for m in measurements if m.method == method and m.size_bucket == size]
+    if kind is not None and any(m.kind == kind for m in similar):
+        similar = [m for m in similar if m.kind == kind]
+    matching = [m for m in similar if m.budget_bucket == budget]
+    note = ""
+    if not matching and similar and wanted:
+        # the runs here recovered with another budget (e.g. a wall-clock guard cut the steps): this model's own
+        # measurement at the nearest budget beats a prior from elsewhere, and the source says so
+        nearest = min(abs(math.log(max(m.tokens, 1)) - math.log(max(wanted, 1))) for m in similar)
+        matching = [m for m in similar if abs(math.log(max(m.tokens, 1)) - math.log(max(wanted, 1))) == nearest]
+        note = f"; nearest budget: measured with {matching[0].tokens:,} recovery tokens, the plan asks {wanted:,}"
     if not matching:
         return prior_factor(method, steps, tokens, params, kind)
     factor = max(0.0, sum(m.factor for m in matching) / len(matching))
     what = "measured" if len(matching) == 1 else f"measured, mean of {len(matching)} runs"
-    return RecoveryFactor(factor, f"{what} ({method}, {budget}, {size}): " + "; ".join(m.described for m in matching))
+    return RecoveryFactor(factor, f"{what} ({method}, {budget}, {size}): "
+                          + "; ".join(m.described for m in matching) + note)
