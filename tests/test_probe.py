@@ -191,7 +191,9 @@ def test_a_run_updates_the_factor_of_its_bucket_with_provenance(tmp_path, own_ca
     assert now.source.startswith("measured") and str(path) in now.source and "2025-06-01" in now.source
     # another bucket (a 7B model, a bigger budget) still gets the prior; no recovery is always 1
     assert factor_for("distill", 119, 60_928, 7_000_000_000).source.startswith("prior")
-    assert factor_for("distill", 5_000, None, SMOL).source.startswith("prior")
+    assert factor_for("distill", 5_000, None, SMOL).source.startswith("prior")  # 42x the measured budget: too far
+    near = factor_for("distill", None, 20_000, SMOL, kind="layers")  # another bucket, 3x fewer tokens: stands in
+    assert near.factor == now.factor and "nearest budget" in near.source
     assert factor_for("none", 119, 60_928, SMOL) == NO_RECOVERY
 
 

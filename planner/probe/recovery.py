@@ -279,6 +279,9 @@ def update_factor(results, results_json_path: str | Path, store: str | Path | No
     return found
 
 
+NEAREST_BUDGET_RATIO = 8.0  # a measurement at up to 8x more or fewer recovery tokens stands in for a missing bucket
+
+
 def factor_for(method: str, steps: int | None, tokens: int | None, params: int | None, kind: str | None = None,
                store: str | Path | None = None) -> RecoveryFactor:
     """The factor to predict with: the mean of the stored measurements of the same (method, budget bucket, size
@@ -300,9 +303,13 @@ def factor_for(method: str, steps: int | None, tokens: int | None, params: int |
     if not matching and similar and wanted:
         # the runs here recovered with another budget (e.g. a wall-clock guard cut the steps): this model's own
         # measurement at the nearest budget beats a prior from elsewhere, and the source says so
-        nearest = min(abs(math.log(max(m.tokens, 1)) - math.log(max(wanted, 1))) for m in similar)
-        matching = [m for m in similar if abs(math.log(max(m.tokens, 1)) - math.log(max(wanted, 1))) == nearest]
-        note = f"; nearest budget: measured with {matching[0].tokens:,} recovery tokens, the plan asks {wanted:,}"
+        def gap(m):
+            return abs(math.log(max(m.tokens, 1)) - math.log(max(wanted, 1)))
+
+        nearest = min(gap(m) for m in similar)
+        if nearest <= math.log(NEAREST_BUDGET_RATIO):
+            matching = [m for m in similar if gap(m) == nearest]
+            note = f"; nearest budget: measured with {matching[0].tokens:,} recovery tokens, the plan asks {wanted:,}"
     if not matching:
         return prior_factor(method, steps, tokens, params, kind)
     factor = max(0.0, sum(m.factor for m in matching) / len(matching))
