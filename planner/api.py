@@ -40,7 +40,9 @@ def target_dtype(workload, gpu, *, dtype_fallback: bool = True):
                      f"{', '.join(has)}")
 
 
-def _workload(workload: Any, runtime: str | None):
+def make_workload(workload: Any, runtime: str | None = None):
+    """A Workload from a Workload or a dict of its fields (with `runtime` set when given); InputError naming the
+    bad field."""
     from pydantic import ValidationError
 
     from planner.documents import describe_validation
@@ -80,17 +82,14 @@ def parse_schemes(texts, gpu=None, shape=None) -> list:
     """QuantSpecs from "int8-weight-only", "int4-weight-only:g64" (or "...:64"); InputError naming the bad value
     and what is accepted: an unknown scheme, a group size that is not offered or does not divide the model's
     layers, a scheme the target GPU has no tensor cores for."""
-    from pydantic import ValidationError
+    from planner.decide.rules import quant_spec
+    from planner.errors import InputError
+    from planner.quant.specs import GROUP_SIZES, SCHEMES
 
-    from planner.documents import describe_validation
-    from planner.errors import InputError, did_you_mean
-    from planner.quant.specs import GROUP_SIZES, SCHEMES, QuantSpec
-
+    needs = {"fp8": ("fp8", "FP8"), "w8a8-int8": ("int8", "INT8")}  # scheme -> (peak the GPU needs, its name)
     specs = []
     for text in texts:
         scheme, _, group = str(text).strip().partition(":")
-        if scheme not in SCHEMES:
-            raise InputError(f"--quantize: {did_you_mean(scheme, SCHEMES, 'quantization scheme')}")
         data = {"scheme": scheme}
         if group:
             digits = group.lower().removeprefix("g")
@@ -99,16 +98,14 @@ def parse_schemes(texts, gpu=None, shape=None) -> list:
                                  f"(accepted: {', '.join(map(str, GROUP_SIZES))})")
             data["group_size"] = int(digits)
         try:
-            spec = QuantSpec(**data)
-        except ValidationError as exc:
-            raise InputError(f"--quantize {text!r}: {describe_validation(exc)}") from None
-        if gpu is not None and not gpu.measured_local:
+            spec = quant_spec(data)
+        except ValueError as exc:
+            raise InputError(f"--quantize {text!r}: {str(exc).removeprefix('quantize: ')}") from None
+        if gpu is not None and not gpu.measured_local and spec.scheme in needs:
             peaks = gpu.peak_tflops
-            needs = {"fp8": ("fp8", "FP8"), "w8a8-int8": ("int8", "INT8")}.get(spec.scheme)
-            if needs and getattr(peaks, needs[0], None) is None:
-                fits = [s for s in SCHEMES if s not in ("fp8", "w8a8-int8")
-                        or getattr(peaks, {"fp8": "fp8", "w8a8-int8": "int8"}[s], None) is not None]
-                raise InputError(f"--quantize {spec.scheme}: {gpu.id} has no {needs[1]} tensor cores "
+            if getattr(peaks, needs[spec.scheme][0], None) is None:
+                fits = [s for s in SCHEMES if s not in needs or getattr(peaks, needs[s][0], None) is not None]
+                raise InputError(f"--quantize {spec.scheme}: {gpu.id} has no {needs[spec.scheme][1]} tensor cores "
                                  f"(accepted on {gpu.id}: {', '.join(fits)})")
         if shape is not None and spec.group_size:
             dims = {"hidden size": shape.hidden_size, "MLP width": shape.intermediate_size,
@@ -159,7 +156,7 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
     gpu_name = gpu or DEFAULT_GPU
     target = get_gpu(gpu_name)
     gpu_note = resolution_note(gpu_name)
-    served, dtype_note = serving_workload(_workload(workload, runtime), target, dtype_fallback=dtype_fallback)
+    served, dtype_note = serving_workload(make_workload(workload, runtime), target, dtype_fallback=dtype_fallback)
     budget = _budget(max_ppl_increase)
     ruleset = load_rules(list(rules))
     parse_schemes(quantize, target)  # the scheme and the GPU, before the slow part

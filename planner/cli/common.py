@@ -25,10 +25,7 @@ def add_workload_arguments(p) -> None:
 
 def workload_from_args(args):
     """Build a Workload from --workload FILE and the individual flags; errors name the bad value."""
-    from pydantic import ValidationError
-
-    from planner.documents import describe_validation
-    from planner.errors import InputError
+    from planner.api import make_workload
     from planner.workload import Workload
 
     data: dict = {}
@@ -40,7 +37,4 @@ def workload_from_args(args):
         value = getattr(args, field, None)
         if value is not None:
             data[field] = value
-    try:
-        return Workload(**data)
-    except ValidationError as exc:
-        raise InputError(f"bad workload: {describe_validation(exc)}") from None
+    return make_workload(data)

@@ -120,9 +120,7 @@ def _group_rejected(rejected) -> list[tuple[list[str], str, list[str]]]:
 def _why(candidate) -> str:
     """The goal-specific reason first (a note rule about this GPU and goal), else what the proposing rule said."""
     notes = [w for w in candidate.why if w.kind == "note"]
-    if notes or candidate.why:
-        return str((notes or candidate.why)[0])
-    return candidate.reasons[0] if candidate.reasons else ""
+    return str((notes or candidate.why)[0]) if candidate.why else ""
 
 
 def _memory_line(plan) -> str | None:

@@ -150,8 +150,7 @@ def _probe_info(report, note: str) -> dict[str, Any]:
     return {"measured": True, "model": report.model, "tokens": report.tokens, "seq_len": report.seq_len,
             "ppl_dense": report.ppl_dense, "steps": len(report.steps), "cached": sum(s.cached for s in report.steps),
             "seconds": round(report.seconds, 2),
-            "errors": {s.label if hasattr(s, "label") else str(i): s.error for i, s in enumerate(report.steps)
-                       if s.error}}
+            "errors": {s.label: s.error for s in report.steps if s.error}}
 
 
 def tier_of(ppl_increase: float) -> str:
@@ -219,9 +218,12 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
                          rules=d.proposed_by, reasons=[why],
                          why=[Reason(kind="unfit", rules=list(d.proposed_by), text=why)]) for d, why in unfit]
 
-    def assess(draft, report):
+    def predict(draft):
         levers = {"quantize": draft.quantize, "shard": draft.shard}
-        pred = predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator, **levers)
+        return predict_mod.predict(shape, draft.prune, workload, gpu, goal, dense, estimator=estimator, **levers)
+
+    def assess(draft, pred, report):
+        levers = {"quantize": draft.quantize, "shard": draft.shard}
         label = candidate_label(draft.prune, draft.recovery, shape, **levers)
         quality = _quality(draft, report, params, recovery_factor)
         cfacts = _candidate_facts(facts, draft, pred, quality)
@@ -239,15 +241,15 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
 
     # the quality probe measures only what the speed and fit rules keep: a step set aside for speed needs no
     # measurement of its quality (and the probe costs seconds per step)
-    first = [(d, *assess(d, None)) for d in drafts]
+    first = [(d, pred, *assess(d, pred, None)) for d in drafts for pred in [predict(d)]]
     report = None
     if quality_probe is not None:
-        alive = [d for d, judged, outcome in first if not outcome.rejections and not ctx.dont_prune
-                 and judged.predicted_speedup is not None]
+        alive = [d for d, pred, judged, outcome in first if not outcome.rejections and not ctx.dont_prune
+                 and pred.speedup is not None]
         report = _probe(alive, quality_probe)
-    for draft, judged, outcome in first:
+    for draft, pred, judged, outcome in first:
         if report is not None and any(sp.matches(*_step(draft)) for sp in report.steps):
-            judged, outcome = assess(draft, report)
+            judged, outcome = assess(draft, pred, report)
         fired += [r.id for r, _ in outcome.rejections + outcome.risks + outcome.notes]
         (rejected if isinstance(judged, Rejected) else kept).append(judged)
 

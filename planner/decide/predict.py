@@ -109,7 +109,7 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
     notes += file_notes
     if quantize is not None:
         # the decoder blocks' linear weights are stored quantized (scales included); embeddings stay dense
-        saved = lin_bytes - linear_params(new_shape) * quantize.bytes_per_weight(b)
+        saved = lin_bytes - lin_bytes / b * quantize.bytes_per_weight(b)
         weight_bytes -= saved
         file_bytes -= saved
         notes.append(_format_note(est, quantize.scheme, workload))
@@ -151,7 +151,7 @@ def _format_note(est, scheme: str, workload) -> str:
     if est.serving is None:
         return (f"{scheme}: no serving runtime in the projection, so the weights' smaller bytes are not projected "
                 "as speed (dense rate)")
-    text = est.serving.decode.formats.get(scheme) if hasattr(est.serving, "decode") else None
+    text = est.serving.decode.formats.get(scheme)
     return f"{scheme} in decode: {text}" if text else f"{scheme}: projected with {workload.runtime}'s kernel table"
 
 

@@ -113,7 +113,7 @@ class Proposal(_Doc):
             raise ValueError(f"ratios: only a pruning `spec` takes ratios, got {self.ratios}")
         for choice in self.quantize:
             quant_spec(choice)
-        bad = [n for n in self.tensor_parallel if not isinstance(n, int) or not 2 <= n <= 16]
+        bad = [n for n in self.tensor_parallel if not 2 <= n <= 16]
         if bad:
             raise ValueError(f"tensor_parallel: GPU counts from 2 to 16 (got {bad[0]!r})")
         for choice in self.recovery:

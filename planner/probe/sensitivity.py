@@ -60,6 +60,10 @@ class StepProbe(Doc):
         """Relative perplexity increase over dense, e.g. 0.12 for +12%."""
         return None if self.ppl is None else self.ppl / self.ppl_dense - 1.0
 
+    @property
+    def label(self) -> str:
+        return _label(self.prune, self.quantize)
+
     def matches(self, prune=None, quantize=None) -> bool:
         return _same_spec(self.prune, prune) and _same_spec(self.quantize, quantize)
 
