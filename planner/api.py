@@ -134,14 +134,17 @@ def _user_quantize_rule(specs):
 
 def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=None, runtime: str | None = None,
          max_ppl_increase: float | None = None, rules=(), threads: int | None = None, measure: bool = True,
-         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=(), probe: bool = True):
+         trust_remote_code: bool = False, dtype_fallback: bool = True, quantize=(), probe: bool = True,
+         recovery_minutes: float | None = None, recovery_tokens: int | None = None):
     """Profile the model (cached), decide with the rules, return the ranked plan.
 
     `goal`: a Goal or its name (aliases accepted); `gpu`: a catalog id or alias, or "cpu" (default a100);
     `workload`: a Workload or a dict of its fields; `rules`: folders of extra rules; `measure`: False for a
     projection only (no weights needed); `quantize`: schemes to consider besides the rules' (e.g.
     "int4-weight-only:g64"); `probe`: measure the quality loss of every candidate the speed rules keep, one-shot on
-    the model (needs weights; False keeps the rules' risk priors)."""
+    the model (needs weights; False keeps the rules' risk priors); `recovery_minutes` / `recovery_tokens`: the time
+    allowance for one candidate's recovery on this machine (default 10) or a token budget outright (see
+    planner.recover.budget.plan_budget)."""
     from planner._version import __version__
     from planner.decide.engine import decide
     from planner.decide.plan import with_model_identity
@@ -158,6 +161,7 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
     gpu_note = resolution_note(gpu_name)
     served, dtype_note = serving_workload(make_workload(workload, runtime), target, dtype_fallback=dtype_fallback)
     budget = _budget(max_ppl_increase)
+    _check_recovery_args(recovery_minutes, recovery_tokens)
     ruleset = load_rules(list(rules))
     parse_schemes(quantize, target)  # the scheme and the GPU, before the slow part
     profile = load_or_run_profile(model, target, served, measure=measure, trust_remote_code=trust_remote_code,
@@ -171,11 +175,44 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
                     ruleset=ruleset, profile_facts=profile_facts(profile), params=profile.model.parameters,
                     model=model or "", model_name=profile.model.name, profile_info=_profile_info(profile),
                     estimator=estimator_like(profile.projected), planner_version=__version__,
-                    quality_probe=quality_probe, probe_note=probe_note)
+                    quality_probe=quality_probe, probe_note=probe_note,
+                    recovery_budget=_recovery_budget(profile, measure=measure, minutes=recovery_minutes,
+                                                     tokens=recovery_tokens))
     notes = [n for n in (gpu_note, dtype_note) if n]
     if notes:
         result = result.model_copy(update={"notes": notes + result.notes})
     return with_model_identity(result)
+
+
+def _check_recovery_args(minutes, tokens) -> None:
+    from planner.errors import InputError
+
+    if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
+        raise InputError(f"--recovery-minutes {minutes!r}: accepted: minutes > 0, e.g. 10")
+    if tokens is not None and not (isinstance(tokens, int) and tokens >= 1):
+        raise InputError(f"--recovery-tokens {tokens!r}: accepted: a whole number of tokens >= 1, e.g. 100000")
+    if minutes is not None and tokens is not None:
+        raise InputError("--recovery-minutes and --recovery-tokens both given: pass one (tokens fix the budget "
+                         "outright; minutes cap the model-scaled budget)")
+
+
+def _recovery_budget(profile, *, measure: bool, minutes: float | None, tokens: int | None):
+    """The plan's recovery budget: scaled with the model, capped by `minutes` (default 10) of this machine's
+    measured GEMM rate (fp32, the dtype `plan run` trains in); no time estimate for a projection-only plan."""
+    from planner.recover.budget import DEFAULT_ALLOWANCE_MINUTES, plan_budget
+
+    params = profile.model.parameters
+    if not params:
+        return None
+    flops = None
+    local = profile.local
+    if measure and profile.model.weights_present:
+        from planner.profile.peaks import measure_local_peaks
+
+        flops = measure_local_peaks("fp32", device="cuda" if local.kind == "cuda" else "cpu")["flops"]
+    return plan_budget(params, device=local.label, flops_per_second=flops,
+                       allowance_minutes=minutes if minutes is not None else DEFAULT_ALLOWANCE_MINUTES,
+                       tokens=tokens)
 
 
 def _quality_probe(model, profile, *, probe: bool, trust_remote_code: bool, threads: int | None):

@@ -89,3 +89,34 @@ def test_save_refuses_to_overwrite_what_is_not_a_plan(tmp_path, plan):
     save_plan(plan, path)  # replacing a plan is fine
     assert load_plan(path) == plan
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".plan-")] == []  # no temporary files left
+
+
+def test_the_plan_budget_sets_every_recovery_in_steps_and_tokens_and_round_trips(tmp_path):
+    from test_decide import RULES, roofline_facts
+
+    from planner.api import target_dtype
+    from planner.decide.engine import decide
+    from planner.gpus import get_gpu
+    from planner.recover.budget import plan_budget
+    from planner.workload import Goal, QualityBudget, Workload
+
+    s = SCENARIOS[0]
+    gpu = get_gpu(s.gpu)
+    budget = plan_budget(134_515_008, device="cpu (test)", flops_per_second=1.4e11)
+    workload, _ = target_dtype(Workload(**s.workload), gpu)
+    plan = decide(goal=Goal(s.goal), gpu=gpu, workload=workload, budget=QualityBudget(max_ppl_increase=s.budget),
+                  shape=s.shape, ruleset=RULES, profile_facts=roofline_facts(s.shape, workload, gpu) | s.facts,
+                  recovery_budget=budget)
+    recovered = [c for c in [*plan.candidates, *plan.rejected] if c.recovery is not None]
+    assert any(c.recovery.method != "none" for c in recovered)
+    for c in recovered:
+        if c.recovery.method == "none":
+            assert c.recovery.max_minutes == 8.0 and c.recovery.guard_minutes is None  # untouched
+        else:
+            r = c.recovery
+            assert (r.max_steps, r.max_tokens, r.max_minutes, r.guard_minutes) == \
+                (budget.steps, budget.tokens, None, budget.guard_minutes)
+    path = save_plan(plan, tmp_path / "plan.json")
+    again = load_plan(path)
+    assert again.recovery_budget == budget
+    assert json.loads(path.read_text())["recovery_budget"]["bound_by"] == "time allowance"

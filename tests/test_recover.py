@@ -356,3 +356,58 @@ def test_embedded_masked_lora_round_trip(tmp_path):
     ids = torch.tensor(tokenizer("def main():\n    print('hi')")["input_ids"])[None]
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, student(input_ids=ids).logits, atol=1e-4)
+
+
+def test_the_guard_stops_a_run_but_never_shapes_its_schedule():
+    b = Budget(max_steps=10, max_tokens=None, max_seconds=None, guard_seconds=60.0)
+    assert b.fraction_used(5, 0, 59.0) == pytest.approx(0.5)  # a slow machine follows the same schedule
+    assert b.stop_reason(3, 0, 55.0, 256, 6.0) == "guard_minutes"
+    assert b.stop_reason(3, 0, 50.0, 256, 6.0) is None
+    spec = RecoverySpec(method="distill", max_steps=7, max_minutes=None, guard_minutes=2.0)
+    assert Budget.from_spec(spec) == Budget(7, None, None, 120.0)
+
+
+def test_a_busy_machine_trains_the_same_model_only_later(tok, monkeypatch):
+    """Steps fix the recovery: a clock running 50x slower (a crowded machine) changes nothing but the time."""
+    import planner.recover.train as train_mod
+
+    teacher = tiny_model("llama")
+    spec = RecoverySpec(method="distill", **{**FAST, "max_steps": 5, "warmup": 0.2, "guard_minutes": 60.0})
+    quiet = copy.deepcopy(teacher)
+    first = recover(quiet, teacher, tok, spec, text=SHORT, progress=False)
+    real = train_mod.time.perf_counter
+    start = real()
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: start + 50 * (real() - start))
+    busy = copy.deepcopy(teacher)
+    second = recover(busy, teacher, tok, spec, text=SHORT, progress=False)
+    assert (first.steps, second.steps, second.stopped_by) == (5, 5, "max_steps")
+    assert second.seconds > 10 * first.seconds
+    for (name, a), b in zip(quiet.state_dict().items(), busy.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_plan_budget_scales_with_the_model_and_the_device():
+    from planner.recover.budget import TOKENS_PER_PARAM, plan_budget
+
+    small = plan_budget(134_515_008, device="cpu", flops_per_second=1.4e11)
+    assert small.bound_by == "time allowance" and small.tokens == small.steps * 512
+    # what fits 10 minutes at 8N FLOPs per token and 0.7 of the GEMM rate, rounded down to 2 significant figures
+    fits = 10 * 60 / (8 * 134_515_008 * 512 / (1.4e11 * 0.7))
+    assert small.steps == (int(fits) if fits < 100 else int(fits // 10 * 10))
+    assert small.estimated_minutes <= 10.0
+    assert small.spec_fields() == {"max_steps": small.steps, "max_tokens": small.tokens, "max_minutes": None,
+                                   "guard_minutes": small.guard_minutes}
+    quick_gpu = plan_budget(134_515_008, device="cuda", flops_per_second=4e14)
+    assert quick_gpu.bound_by == "model size"
+    assert quick_gpu.tokens >= TOKENS_PER_PARAM * 134_515_008 > quick_gpu.tokens - 512
+    big = plan_budget(7_000_000_000, device="cuda", flops_per_second=4e14, allowance_minutes=120)
+    assert big.bound_by == "model size" and big.tokens == pytest.approx(14e6, rel=1e-3)
+    assert big.estimated_minutes == pytest.approx(8 * 7e9 * big.tokens / (4e14 * 0.7) / 60, rel=1e-3)
+    unknown = plan_budget(134_515_008, device="cpu", flops_per_second=None)
+    assert unknown.estimated_minutes is None and unknown.bound_by == "model size"
+    asked = plan_budget(134_515_008, device="cpu", flops_per_second=1.4e11, tokens=5000)
+    assert (asked.steps, asked.tokens, asked.bound_by) == (10, 5120, "asked tokens")
+    slow = plan_budget(7_000_000_000, device="cpu", flops_per_second=1e11)
+    assert (slow.steps, slow.bound_by) == (10, "minimum steps") and "minimum" in slow.described
+    with pytest.raises(InputError, match="--recovery-minutes"):
+        plan_budget(1000, device="cpu", flops_per_second=1e9, allowance_minutes=0)

@@ -62,12 +62,13 @@ def candidate_label(spec, recovery, shape, *, quantize=None, shard=None) -> str:
 
 
 def drafts_from(proposals: list[tuple[Rule, str]], shape, *, defaults: dict[str, dict] | None = None,
-                ) -> tuple[list[Draft], list[tuple[Draft, str]]]:
+                recovery_defaults: dict | None = None) -> tuple[list[Draft], list[tuple[Draft, str]]]:
     """Every concrete (spec, quantization, sharding, recovery) the fired `propose` rules ask for, merged when they
     land on the same model; and the ones the model cannot take, with the reason.
 
     `proposals` holds (rule, statement with placeholders filled); `defaults` fills spec fields a rule left out,
-    by kind (e.g. {"mlp_channels": {"round_to": 64}} for the target GPU's tile)."""
+    by kind (e.g. {"mlp_channels": {"round_to": 64}} for the target GPU's tile); `recovery_defaults` fill the
+    recovery fields a rule left out (the plan's budget in steps and tokens)."""
     from planner.decide.plan import ShardSpec
     from planner.decide.rules import quant_spec
     from planner.errors import InputError
@@ -93,7 +94,7 @@ def drafts_from(proposals: list[tuple[Rule, str]], shape, *, defaults: dict[str,
                     new_shape, removed = kind.pruned_shape(shape, spec)
                 except InputError as exc:
                     if kind.unfit_is_news(shape):  # a limit of the engine, worth showing
-                        unfit.setdefault(spec.kind, (Draft(spec, recovery_spec(prop.recovery[0]), [rule.id]),
+                        unfit.setdefault(spec.kind, (Draft(spec, recovery_spec(prop.recovery[0], recovery_defaults), [rule.id]),
                                                      str(exc)))
                     continue  # the ratio rounds to nothing whole on this model: another ratio covers it
                 spec = kind.canonical(spec, removed)
@@ -103,7 +104,7 @@ def drafts_from(proposals: list[tuple[Rule, str]], shape, *, defaults: dict[str,
             for quant in quants:
                 for shard in shards:
                     for choice in prop.recovery:
-                        recovery = recovery_spec(choice)
+                        recovery = recovery_spec(choice, recovery_defaults)
                         key = (step_key, quant.model_dump_json() if quant else "",
                                shard.model_dump_json() if shard else "", recovery.model_dump_json())
                         draft = drafts.setdefault(key, Draft(spec, recovery, quantize=quant, shard=shard))

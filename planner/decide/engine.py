@@ -95,9 +95,21 @@ def _values(facts: dict[str, Any], gpu, goal: Goal, metric: str, budget) -> dict
         "gpu_memory_gb": None if facts.get("gpu_memory_gb") is None else f"{facts['gpu_memory_gb']:g}",
         "group_size": (facts["num_heads"] // facts["num_kv_heads"]) if facts.get("num_kv_heads") else None,
         "runtime": facts.get("runtime"),
+        "traffic_batch": None if facts.get("traffic_batch") is None else f"{facts['traffic_batch']:.3g}",
         "decode_overhead_pct": _pct(facts.get("decode_overhead_share")),
         "prefill_overhead_pct": _pct(facts.get("prefill_overhead_share")),
     }
+
+
+def _traffic_facts(dense: dict, workload) -> dict[str, Any]:
+    """The batch the traffic produces and the dense model's capacity (planner.perf.traffic); without traffic (one
+    request at a time) the workload's batch."""
+    if dense.get("traffic_batch") is None:
+        return {"traffic_batch": float(workload.batch_size)}
+    target, p95 = dense.get("capacity_target_ms"), dense.get("p95_ms")
+    given = getattr(workload, "p95_target_ms", None)
+    return {"traffic_batch": dense["traffic_batch"], "capacity_rps": dense.get("capacity_rps"),
+            "meets_p95_target": (p95 <= target) if given and p95 is not None and target else None}
 
 
 def _pct(value) -> str | None:
@@ -190,18 +202,20 @@ def _candidate_facts(facts: dict[str, Any], draft: Draft, pred, quality=None) ->
 def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profile_facts: dict[str, Any] | None = None,
            params: int | None = None, model: str = "", model_name: str = "", profile_info: dict | None = None,
            estimator: Callable | None = None, planner_version: str = "", quality_probe: Callable | None = None,
-           recovery_factor: Callable | None = None, probe_note: str = "") -> Plan:
+           recovery_factor: Callable | None = None, probe_note: str = "", recovery_budget=None) -> Plan:
     """Decide and rank. `estimator(shape, workload, gpu, sparse_2to4=...)` projects one shape to the GPU (default:
     planner.profile.roofline.estimate on the catalog's peaks; the CLI passes the profile's measured peaks for the
     local host). `quality_probe([(prune spec or None, quant spec or None), ...])` measures each step one-shot on
     the model (a planner.probe.ProbeReport); with it, the quality risk and the budget use the measured loss x
-    `recovery_factor(method, steps, tokens, params, kind)` instead of the rules' priors."""
+    `recovery_factor(method, steps, tokens, params, kind)` instead of the rules' priors. `recovery_budget` (a
+    planner.recover.budget.RecoveryBudget) sets every recovery's steps and tokens (else the RecoverySpec defaults)."""
     from planner.prune.specs import NoPruning
 
     params = params if params is not None else predict_mod.total_params(shape)
     facts = context_facts(goal=goal, gpu=gpu, workload=workload, budget=budget, shape=shape, params=params,
                           profile_facts=profile_facts)
     dense = predict_mod.figures(shape, NoPruning(), workload, gpu, estimator=estimator)[0]
+    facts.update(_traffic_facts(dense, workload))
     metric = predict_mod.goal_metric(goal, dense)
     by_runtime = _dense_by_runtime(shape, workload, gpu, metric, dense, estimator)
     values = _values(facts, gpu, goal, metric, budget)
@@ -209,7 +223,8 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
     fired = list(ctx.fired)
 
     kept: list[Candidate] = []
-    drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload))
+    drafts, unfit = drafts_from(ctx.proposals, shape, defaults=_spec_defaults(gpu, workload),
+                                recovery_defaults=recovery_budget.spec_fields() if recovery_budget else None)
     if recovery_factor is None:
         from planner.probe.recovery import factor_for as recovery_factor
     rejected = [Rejected(name=candidate_name(d.prune, d.recovery, shape),
@@ -261,6 +276,7 @@ def decide(*, goal: Goal, gpu, workload, budget, shape, ruleset: RuleSet, profil
         dense_predicted=dense, profile=profile_info or {}, facts=facts, rules_version=ruleset.version,
         rule_files=[str(p) for p in ruleset.files], rules_fired=list(dict.fromkeys(fired)),
         candidates=candidates, rejected=rejected, probe=_probe_info(report, probe_note),
+        recovery_budget=recovery_budget,
         verdict=_verdict(ctx, candidates, goal, gpu, _runtime_advice(by_runtime, workload, metric)),
         notes=_plan_notes(goal, gpu, workload), dense_by_runtime=by_runtime,
         dense_rates=_dense_rates(shape, workload, gpu, estimator),
@@ -416,7 +432,12 @@ def _plan_notes(goal: Goal, gpu, workload=None) -> list[str]:
              "`plan run` measures the candidates on this machine"]
     if gpu.measured_local:
         notes.append("the target is the local host: its peaks were measured at run time by the profiler")
-    if goal in (Goal.P95_LATENCY, Goal.P99_LATENCY):
+    from planner.perf.traffic import has_traffic
+
+    if workload is not None and has_traffic(workload):
+        notes.append("percentiles under traffic: a seeded discrete-event simulation of the runtime's scheduler over "
+                     "the serving model's per-step times (planner.perf.traffic; each candidate's notes say how)")
+    elif goal in (Goal.P95_LATENCY, Goal.P99_LATENCY):
         notes.append(f"no queueing model: {goal.value} is projected as model time per request plus the workload's "
                      "time outside the model (the same as p50); `plan run` measures the real percentile")
     return notes

@@ -21,6 +21,7 @@ from planner.documents import show
 from planner.errors import InputError
 from planner.prune.specs import CalibrationSpec, PruneSpec
 from planner.quant.specs import QuantSpec
+from planner.recover.budget import RecoveryBudget
 from planner.recover.specs import RecoverySpec
 from planner.workload import Goal, QualityBudget, Workload
 
@@ -202,6 +203,9 @@ class Plan(_Doc):
     profile: dict[str, Any] = Field(default_factory=dict)  # where the profile came from: measured on, cache path
     # the quality probe: tokens, seconds, dense perplexity; or why there was none (then the risk tiers are priors)
     probe: dict[str, Any] = Field(default_factory=dict)
+    # the recovery every recovered candidate gets, in steps and tokens, and how it was sized (None: older plans,
+    # or plans made without a model size: the RecoverySpec defaults)
+    recovery_budget: RecoveryBudget | None = None
     facts: dict[str, Any] = Field(default_factory=dict)  # every context fact the rules saw
     rules_version: str
     rule_files: list[str] = Field(default_factory=list)  # paths of the rule files, as loaded

@@ -71,7 +71,7 @@ Lever = Literal[tuple(LEVERS)]  # type: ignore[valid-type]
 
 # placeholders a reject/note/statement/rationale text may use; filled by the engine for each candidate
 PLACEHOLDERS = ("gpu", "gpu_name", "goal", "dtype", "metric", "speedup", "gain_pct", "plan", "kind", "ratio_pct",
-                "tier", "budget_pct", "non_model_share_pct", "batch_size", "group_size", "num_kv_heads",
+                "tier", "budget_pct", "non_model_share_pct", "batch_size", "traffic_batch", "group_size", "num_kv_heads",
                 "memory_gb", "gpu_memory_gb", "predicted_memory_gb", "runtime", "decode_overhead_pct",
                 "prefill_overhead_pct", "scheme", "tensor_parallel", "gpu_usable_memory_gb")
 
@@ -243,10 +243,14 @@ def quant_spec(choice: str | dict[str, Any]):
         raise ValueError("quantize: " + _describe_errors(exc, QuantSpec)) from None
 
 
-def recovery_spec(choice: str | dict[str, Any]):
+def recovery_spec(choice: str | dict[str, Any], defaults: dict[str, Any] | None = None):
+    """A RecoverySpec from a rule's choice ("distill" or a dict of fields); `defaults` (the plan's recovery budget)
+    fill the fields the rule left out, for every method but "none"."""
     from planner.recover.specs import RecoverySpec
 
     data = {"method": choice} if isinstance(choice, str) else dict(choice)
+    if defaults and data.get("method", "distill") != "none":
+        data = {**defaults, **data}
     try:
         return RecoverySpec(**data)
     except ValidationError as exc:

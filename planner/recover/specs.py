@@ -4,7 +4,10 @@
 
 Methods (see planner/recover/README.md): `distill` trains the decoder blocks against the dense teacher (KD loss);
 `finetune` trains every remaining weight with `loss`; `lora` trains peft LoRA adapters with `loss`, then merges them.
-The budget is whichever of max_steps / max_tokens / max_minutes runs out first.
+The budget is whichever of max_steps / max_tokens / max_minutes runs out first. A plan states its recovery in steps
+and tokens (`planner.recover.budget.plan_budget`: scaled with the model, capped by a time allowance on the device that
+runs it) with `max_minutes` off and `guard_minutes` on: a safety stop that does not shape the learning-rate schedule,
+so a busy machine trains the same model, only later; a run the guard stops is flagged as cut short.
 
 Defaults were chosen by measurement (SmolLM2-135M, 50% MLP channels removed, distill, 16 steps of 4 x 128 tokens on
 this project's 2-core CPU): lr 3e-4 closed more of the held-out perplexity gap than 1e-4 or 1e-3; blocks of 128
@@ -28,6 +31,7 @@ class RecoverySpec(BaseModel):
     max_steps: int = Field(200, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     max_minutes: float | None = Field(8.0, gt=0)
+    guard_minutes: float | None = Field(None, gt=0)  # safety stop only: never part of the schedule's budget
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(4, ge=1)
     seq_len: int = Field(128, ge=8)

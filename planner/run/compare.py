@@ -49,3 +49,56 @@ def predicted_vs_measured(results) -> list[Comparison]:
             rows.append(Comparison(variant=variant.name, figure=label, predicted=predicted.get(key),
                                    measured=getattr(latency, measured_attr), comparable=local and same_workload))
     return rows
+
+
+@dataclass
+class QualityComparison:
+    """One recovered or one-shot candidate: the plan's quality prediction beside what `plan run` measured.
+
+    Increases are held-out perplexity over dense, relative (0.12 = +12%). The probe's one-shot figure is measured on
+    the probe's short slice at plan time, the run's on the run's held-out slice."""
+
+    variant: str
+    candidate: str
+    recovery: str
+    probe_one_shot: float | None  # measured by the plan's probe
+    run_one_shot: float | None  # measured by the run right after pruning (None without recovery: the final figure is)
+    predicted: float | None  # after recovery, predicted by the plan (probe x recovery factor)
+    measured: float | None  # after recovery (or one-shot), measured by the run
+    factor_source: str = ""
+    budget: float | None = None  # the plan's quality budget
+
+    @property
+    def error(self) -> float | None:
+        """predicted / measured - 1 on the increase (positive: the plan expected more loss than measured)."""
+        if self.predicted is None or self.measured is None or self.measured <= 0:
+            return None
+        return self.predicted / self.measured - 1.0
+
+    @property
+    def over_twice_budget(self) -> bool:
+        """A candidate the plan kept within budget that measured more than twice the budget."""
+        return self.budget is not None and self.measured is not None and self.measured > 2 * self.budget
+
+
+def quality_vs_prediction(results) -> list[QualityComparison]:
+    """Every pruned or quantized variant whose candidate carries the probe's quality estimate."""
+    plan, dense = results.plan, results.dense
+    if plan is None or dense is None or dense.quality is None:
+        return []
+    base = dense.quality.heldout_ppl
+    candidates = {c.rank: c for c in plan.candidates}
+    budget = plan.budget.max_ppl_increase if plan.budget is not None else None
+    rows = []
+    for v in results.variants:
+        cand = candidates.get(v.candidate_rank)
+        if v.role != "pruned" or cand is None or cand.quality is None or v.quality is None:
+            continue
+        rec = v.recovery
+        run_one_shot = rec.ppl_before / base - 1.0 if rec is not None and rec.ppl_before else None
+        rows.append(QualityComparison(
+            variant=v.name, candidate=cand.name, recovery=cand.recovery.method,
+            probe_one_shot=cand.quality.one_shot_ppl_increase, run_one_shot=run_one_shot,
+            predicted=cand.quality.predicted_ppl_increase, measured=v.quality.heldout_ppl / base - 1.0,
+            factor_source=cand.quality.factor_source, budget=budget))
+    return rows
