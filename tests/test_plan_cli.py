@@ -145,6 +145,9 @@ def test_dont_prune_outcome(tmp_path, tiny_ckpt, capsys):
     (["--goal", "p95-latency", "--dtype", "fp12"], "unknown dtype 'fp12'"),
     (["--goal", "p95-latency", "--rules", "/nonexistent/rules"], "rules folder '/nonexistent/rules' does not exist"),
     (["--goal", "p95-latency", "--model", "/nonexistent/model"], "model path '/nonexistent/model' does not exist"),
+    (["--goal", "p95-latency", "--recovery-minutes", "-1"], "--recovery-minutes -1.0: accepted: minutes > 0"),
+    (["--goal", "p95-latency", "--recovery-tokens", "0"], "--recovery-tokens 0: accepted"),
+    (["--goal", "p95-latency", "--recovery-tokens", "100", "--recovery-minutes", "3"], "both given"),
 ])
 def test_bad_input_exits_2_with_a_message(args, fragment, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
@@ -278,3 +281,17 @@ def test_the_quality_probe_measures_each_step_on_the_model(tmp_path, tiny_ckpt, 
     assert code == 0, err
     plan = load_plan(out)
     assert not plan.probe["measured"] and all(c.quality is None for c in plan.candidates)
+
+
+def test_the_plan_states_its_recovery_in_steps_and_tokens(tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "plan.json"
+    code, stdout, err = run(["--goal", "checkpoint-size", "--gpu", "a100", "--model", str(tiny_ckpt), "--no-probe",
+                             "--max-ppl-increase", "0.5", "--recovery-tokens", "3000", "-o", str(out)], capsys)
+    assert code == 0, err
+    plan = load_plan(out)
+    b = plan.recovery_budget
+    assert (b.steps, b.tokens, b.bound_by) == (6, 3072, "asked tokens") and b.estimated_minutes > 0
+    recovered = [c for c in plan.candidates if c.recovery.method != "none"]
+    assert recovered and all((c.recovery.max_steps, c.recovery.max_tokens, c.recovery.max_minutes) == (6, 3072, None)
+                             for c in recovered)
+    assert "recovery budget: 6 steps x 512 tokens = 3,072 tokens" in " ".join(stdout.split())

@@ -229,3 +229,25 @@ def test_probe_on_the_embedded_model(embedded_path):
 
 def _update(path):
     return update_factor(load_results(path), path)
+
+
+def test_the_run_shows_the_predicted_quality_beside_the_measured(tmp_path):
+    """results.json keeps the plan's quality estimate; the report and `plan run` put it beside the measurement."""
+    from planner.decide.plan import QualityEstimate
+    from planner.report.render import render_html
+    from planner.run.compare import quality_vs_prediction
+
+    path = make_results(tmp_path, one_shot=21.09, after=16.0)
+    results = load_results(path)
+    assert quality_vs_prediction(results) == []  # no estimate in the plan (--no-probe): nothing to compare
+    estimate = QualityEstimate(one_shot_ppl_increase=0.40, predicted_ppl_increase=0.10, recovery_factor=0.25,
+                               factor_source="prior: test")
+    results.plan.candidates[0].quality = estimate
+    results.plan.max_ppl_increase = 0.05
+    (row,) = quality_vs_prediction(results)
+    measured = 16.0 / 14.131 - 1
+    assert row.measured == pytest.approx(measured) and row.run_one_shot == pytest.approx(21.09 / 14.131 - 1)
+    assert row.error == pytest.approx(0.10 / measured - 1) and row.over_twice_budget  # +13% > 2 x 5%
+    html = render_html(results)
+    assert 'id="quality-prediction-table"' in html and "over twice the 5.0% budget" in html
+    assert f"{100 * measured:+.1f}%" in html and "+10.0%" in html

@@ -46,6 +46,8 @@ def predicted_vs_measured(results) -> list[Comparison]:
                          and latency.batch_size == plan.workload.batch_size
                          and latency.runtime == (plan.workload.runtime or latency.runtime))
         for key, measured_attr, label in FIGURES:
+            if key in ("p50_ms", "p95_ms") and predicted.get("isolated_p50_ms") is not None:
+                key = "isolated_p50_ms"  # the latency stage times one request at a time: its projection has no queue
             rows.append(Comparison(variant=variant.name, figure=label, predicted=predicted.get(key),
                                    measured=getattr(latency, measured_attr), comparable=local and same_workload))
     return rows
@@ -81,23 +83,32 @@ class QualityComparison:
         return self.budget is not None and self.measured is not None and self.measured > 2 * self.budget
 
 
-def quality_vs_prediction(results) -> list[QualityComparison]:
-    """Every pruned or quantized variant whose candidate carries the probe's quality estimate."""
-    plan, dense = results.plan, results.dense
-    if plan is None or dense is None or dense.quality is None:
+def quality_vs_prediction(results, plan=None) -> list[QualityComparison]:
+    """Every pruned or quantized variant whose candidate carries the probe's quality estimate: from results.json,
+    or from the full `plan` (a planner.decide.plan.Plan) for results written before the summary kept it."""
+    from planner.recover.specs import RecoverySpec
+
+    summary, dense = results.plan, results.dense
+    if summary is None or dense is None or dense.quality is None:
         return []
     base = dense.quality.heldout_ppl
-    candidates = {c.rank: c for c in plan.candidates}
-    budget = plan.budget.max_ppl_increase if plan.budget is not None else None
+    candidates = {c.rank: c for c in summary.candidates}
+    budget = summary.max_ppl_increase
+    if plan is not None:
+        full = {c.rank: c for c in plan.candidates}
+        candidates = {rank: full[rank] if getattr(c, "quality", None) is None and rank in full
+                      and full[rank].name == c.name else c for rank, c in candidates.items()}
+        budget = budget if budget is not None else plan.budget.max_ppl_increase
     rows = []
     for v in results.variants:
         cand = candidates.get(v.candidate_rank)
-        if v.role != "pruned" or cand is None or cand.quality is None or v.quality is None:
+        if v.role != "pruned" or cand is None or getattr(cand, "quality", None) is None or v.quality is None:
             continue
         rec = v.recovery
         run_one_shot = rec.ppl_before / base - 1.0 if rec is not None and rec.ppl_before else None
         rows.append(QualityComparison(
-            variant=v.name, candidate=cand.name, recovery=cand.recovery.method,
+            variant=v.name, candidate=cand.name,
+            recovery=(rec.spec if rec is not None else cand.recovery or RecoverySpec(method="none")).method,
             probe_one_shot=cand.quality.one_shot_ppl_increase, run_one_shot=run_one_shot,
             predicted=cand.quality.predicted_ppl_increase, measured=v.quality.heldout_ppl / base - 1.0,
             factor_source=cand.quality.factor_source, budget=budget))
