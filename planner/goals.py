@@ -38,6 +38,12 @@ _METRICS = [
     Metric("file_bytes", "checkpoint size", "bytes", True),
     Metric("kv_tokens", "KV-cache capacity", "tokens", False),
     Metric("kv_bytes_per_token", "KV-cache bytes per token", "bytes", True),
+    # under traffic (planner.perf.traffic): projected by the queueing simulation, measured by `plan run --load`
+    Metric("capacity_rps", "capacity (p95 at target)", "req/s", False),
+    Metric("saturation_rps", "saturation throughput", "req/s", False),
+    Metric("traffic_batch", "sequences per decode step under traffic", "sequences", False),
+    Metric("traffic_ttft_p95_ms", "time to first token under traffic, p95", "ms", True),
+    Metric("traffic_tpot_p95_ms", "time per output token under traffic, p95", "ms", True),
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 
@@ -123,8 +129,42 @@ def format_value(name: str, value) -> str:
         return f"${value:,.3g}/1M tok"
     if name == "gpu_hours_per_million_tokens":
         return f"{value:,.3g} GPU-h/1M tok"
+    if name in ("capacity_rps", "saturation_rps"):
+        return f"{value:,.3g} req/s"
     if name == "kv_tokens":
         return f"{value / 1e6:,.3g}M tokens" if value >= 1e6 else f"{value:,.0f} tokens"
     if name == "kv_bytes_per_token":
         return f"{value / 1e3:,.3g} kB/token"
     return f"{value:,.4g}"
+
+
+# -- a latency goal under traffic: "p95 under 800 ms at 2 req/s" ----------------------------------------------------
+
+_TRAFFIC_GOAL = None
+
+
+def parse_traffic_goal(text: str) -> tuple[Goal, float, float] | None:
+    """(Goal.P95_LATENCY, target ms, request rate) for "p95 under X ms at Y req/s" (also "p95<Xms@Y"; X in ms or s,
+    Y in req/s or rps); None when `text` is not of that form (a plain goal name)."""
+    import re
+
+    global _TRAFFIC_GOAL
+    if _TRAFFIC_GOAL is None:
+        _TRAFFIC_GOAL = re.compile(
+            r"^\s*p95(?:[-_ ]latency)?\s*(?:under|below|<=?)\s*(?P<x>[0-9.eE+-]+)\s*(?P<unit>ms|s)?\s*"
+            r"(?:at|@)\s*(?P<y>[0-9.eE+-]+)\s*(?:req/s|requests/s|rps|/s)?\s*$", re.IGNORECASE)
+    match = _TRAFFIC_GOAL.match(text)
+    if match is None:
+        return None
+    from planner.errors import InputError
+
+    try:
+        target, rate = float(match["x"]), float(match["y"])
+    except ValueError:
+        target = rate = float("nan")
+    if not (target > 0 and rate > 0) or target == float("inf") or rate == float("inf"):
+        raise InputError(f"goal {text!r}: the target and the rate must be numbers > 0; accepted: "
+                         "'p95 under X ms at Y req/s', e.g. 'p95 under 800 ms at 2 req/s'")
+    if (match["unit"] or "ms").lower() == "s":
+        target *= 1000.0
+    return Goal.P95_LATENCY, target, rate

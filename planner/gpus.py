@@ -233,14 +233,33 @@ def load_gpu_file(path: str | Path) -> GpuSpec:
     return spec
 
 
-def load_catalog(extra_dirs: Iterable[str | Path] | None = None) -> dict[str, GpuSpec]:
-    """All GPU files of `profiles/gpus/` (plus `extra_dirs`), by id. Duplicate ids or aliases are errors."""
-    dirs = [gpus_dir(), *(Path(d) for d in (extra_dirs or ()))]
+ENV_VAR = "PLANNER_GPUS"  # folders of your own GPU files, separated like PATH
+_cli_dirs: tuple[Path, ...] = ()  # set by `--gpus DIR`
+
+
+def gpu_files(folder: str | Path) -> list[Path]:
+    """The GPU files of one folder; a folder that is missing or not a folder is an InputError naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"GPU folder {_display(folder)!r} {what} (accepted: a folder of <id>.yaml GPU files, "
+                         f"like {_display(gpus_dir())})")
+    return sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+
+
+def load_catalog(extra_dirs: Iterable[str | Path] | None = None, *, override: bool = False) -> dict[str, GpuSpec]:
+    """All GPU files of `profiles/gpus/` (plus `extra_dirs`), by id. Duplicate ids or aliases are errors, except
+    that with `override` a file of `extra_dirs` whose id is a built-in GPU's replaces that GPU (aliases and all)."""
     catalog: dict[str, GpuSpec] = {}
     owner: dict[str, tuple[str, Path]] = {}  # every name (id or alias) -> (what it is, file)
-    for folder in dirs:
-        for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")):
+    builtin = gpus_dir()
+    for folder in [builtin, *(Path(d) for d in (extra_dirs or ()))]:
+        for path in gpu_files(folder):
             spec = load_gpu_file(path)
+            replaced = catalog.get(spec.id)
+            if override and replaced is not None and replaced.file is not None and replaced.file.parent == builtin:
+                for name in [replaced.id, *replaced.aliases]:
+                    owner.pop(name, None)
             names = [(spec.id, "id")] + [(a, "alias") for a in spec.aliases]
             for name, kind in names:
                 if name in owner:
@@ -254,14 +273,34 @@ def load_catalog(extra_dirs: Iterable[str | Path] | None = None) -> dict[str, Gp
     return catalog
 
 
-@functools.lru_cache(maxsize=1)
-def _default_catalog() -> dict[str, GpuSpec]:
-    return load_catalog()
+def use_gpu_dirs(dirs: Iterable[str | Path] | None) -> None:
+    """Add folders of your own GPU files to `catalog()` for this process (the CLI's `--gpus DIR`)."""
+    global _cli_dirs
+    _cli_dirs = tuple(Path(d) for d in (dirs or ()))
+
+
+def user_gpu_dirs() -> list[Path]:
+    """Folders of user GPU files: $PLANNER_GPUS (separated like PATH), then `--gpus DIR`."""
+    from_env = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
+    return [*from_env, *_cli_dirs]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_catalog(dirs: tuple[Path, ...], _stamp: tuple) -> dict[str, GpuSpec]:
+    return load_catalog(dirs, override=True)
 
 
 def catalog() -> dict[str, GpuSpec]:
-    """The bundled catalog, loaded once per process."""
-    return _default_catalog()
+    """The bundled catalog plus the user's GPU folders (which add GPUs or replace built-in ones by id), loaded once
+    per process for a set of folders and files (an edited user file is read again)."""
+    dirs = tuple(user_gpu_dirs())
+    stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for d in dirs for f in gpu_files(d))
+    return _cached_catalog(dirs, stamp)
+
+
+def is_user_gpu(spec: GpuSpec) -> bool:
+    """True for a GPU from one of the user's folders rather than the bundled catalog."""
+    return spec.file is not None and spec.file.parent != gpus_dir()
 
 
 def alias_map(specs: dict[str, GpuSpec] | None = None) -> dict[str, str]:
@@ -279,7 +318,12 @@ def get_gpu(name: str, specs: dict[str, GpuSpec] | None = None) -> GpuSpec:
     aliases = alias_map(specs)
     if key in aliases:
         return specs[aliases[key]]
-    raise InputError(did_you_mean(name, [*specs, *aliases], "GPU"))
+    raise InputError(did_you_mean(name, [*specs, *aliases], "GPU") + f"; {HOW_TO_ADD}")
+
+
+HOW_TO_ADD = (f"to add a GPU, write <id>.yaml like {os.path.join('profiles', 'gpus', 'h200.yaml')} (a source for every "
+              f"figure) in a folder of your own, check it with `plan gpus --check DIR`, then pass `--gpus DIR` or "
+              f"set {ENV_VAR}=DIR")
 
 
 def resolution_note(name: str, specs: dict[str, GpuSpec] | None = None) -> str | None:

@@ -8,7 +8,14 @@ gen_len - 1. After warm-up, the variants take turns (A B, B A, A B ...) so slow 
 other processes) and the position within a round land on all of them alike. Percentiles are computed over the recorded samples (results.percentile).
 
 Runtimes: "hf-eager" (transformers generate), "hf-compile" (generate with a static cache and torch.compile'd
-forward), "vllm" (only where vLLM is installed and a CUDA GPU is present; otherwise skipped with a reason).
+forward; on CUDA in "reduce-overhead" mode, i.e. replayed as CUDA graphs), "vllm" (delegated to vLLM's own serving
+benchmark, planner.vllm_bench: only where vLLM is installed and a CUDA GPU is present; otherwise refused with what is
+missing).
+
+2:4 variants (`Subject.sparse_2to4`): on CUDA their qualifying linears are converted to PyTorch semi-structured
+sparse tensors before timing (planner.prune.masked.runtime.semi_structured_plan / apply_semi_structured), so the
+sparse tensor cores do the GEMMs; on a device or dtype without a 2:4 kernel they stay dense. Either way the variant's
+record says which layers were converted, which were not and why, and when the whole model fell back to dense.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated around one request (this model's weights plus the request's
 activations and KV cache); on CPU, the peak RSS of a fresh process that loads the checkpoint and serves one
@@ -59,9 +66,16 @@ class BenchConfig:
     dtype: str = "fp32"
     device: str = "cpu"
     measure_memory: bool = True
+    request_rate: float | None = None  # vllm: requests/s (Poisson); None: all requests at once
+    concurrency: int = 1  # vllm: at most this many requests in flight
+    out_dir: str | None = None  # vllm: where its result files and server logs go (default: a temporary folder)
 
     def check(self) -> None:
         check_bench_settings(vars(self))
+        if self.concurrency < 1:
+            raise InputError(f"benchmark concurrency must be >= 1, got {self.concurrency}")
+        if self.request_rate is not None and not self.request_rate > 0:
+            raise InputError(f"benchmark request rate must be > 0 requests/s, got {self.request_rate}")
 
 
 @dataclass
@@ -71,6 +85,7 @@ class Subject:
     name: str
     model: Any
     checkpoint: str | None = None
+    sparse_2to4: bool = False  # a 2:4 model: served through semi-structured sparse kernels where the device has them
 
 
 class TokenClock:
@@ -151,13 +166,38 @@ def time_request(model, input_ids, gen_len: int) -> tuple[float, float | None, f
     return e2e, ttft, tpot
 
 
+def compile_mode(device_type: str) -> str | None:
+    """torch.compile mode of hf-compile: "reduce-overhead" (CUDA graphs: one replay per step instead of a launch per
+    kernel) on CUDA; the default mode elsewhere (CUDA graphs do not exist on a CPU)."""
+    return "reduce-overhead" if device_type == "cuda" else None
+
+
 def _prepare_compiled(model, config: BenchConfig):
     import torch
 
-    # a static KV cache gives torch.compile fixed shapes to specialise on
+    # a static KV cache gives torch.compile fixed shapes to specialise on (and CUDA graphs fixed addresses)
     model.generation_config.cache_implementation = "static"
-    model.forward = torch.compile(model.forward, dynamic=False)
+    device = next(model.parameters()).device
+    model.forward = torch.compile(model.forward, dynamic=False, mode=compile_mode(device.type))
     return model
+
+
+def prepare_semi_structured(model, config: BenchConfig) -> dict[str, Any]:
+    """Serve a 2:4 model's qualifying linears through semi-structured sparse kernels (CUDA, fp16/bf16); return the
+    record of results.SparseKernels: converted layers, the others with their reason, and the fallback to dense
+    when this device or dtype has no 2:4 kernel (the model is then left as it is)."""
+    from planner.prune.masked.runtime import apply_semi_structured, semi_structured_plan
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return semi_structured_plan(model, None, config.dtype, where=device.type).record([])
+    import torch
+
+    plan = semi_structured_plan(model, torch.cuda.get_device_capability(device), config.dtype,
+                                where=torch.cuda.get_device_name(device))
+    if plan.fallback is not None:
+        return plan.record([])
+    return apply_semi_structured(model, plan)
 
 
 def benchmark(subjects: list[Subject], tokenizer, config: BenchConfig, measured_on: str,
@@ -168,9 +208,12 @@ def benchmark(subjects: list[Subject], tokenizer, config: BenchConfig, measured_
         return benchmark_vllm(subjects, tokenizer, config, measured_on, progress)
     vocab = min(getattr(s.model.config, "vocab_size", 1 << 30) for s in subjects)
     ids = prompt_ids(tokenizer, config.prompt_len, config.batch_size, vocab)
+    sparse: dict[str, dict] = {}
     for s in subjects:
         require_positions(config.prompt_len, config.gen_len, getattr(s.model.config, "max_position_embeddings", None),
                           "choose a shorter workload")
+        if s.sparse_2to4:
+            sparse[s.name] = prepare_semi_structured(s.model, config)
         if config.runtime == "hf-compile":
             _prepare_compiled(s.model, config)
     samples = {s.name: {"e2e": [], "ttft": [], "tpot": []} for s in subjects}
@@ -205,6 +248,8 @@ def benchmark(subjects: list[Subject], tokenizer, config: BenchConfig, measured_
                            prompt_len=config.prompt_len, gen_len=config.gen_len, batch_size=config.batch_size,
                            warmup=config.warmup, samples_ms=rec["e2e"], ttft_samples_ms=rec["ttft"],
                            tpot_samples_ms=rec["tpot"], peak_memory_bytes=memory, peak_memory_kind=kind)
+        if s.name in sparse:
+            out[s.name]["sparse_kernels"] = sparse[s.name]
     return out
 
 
@@ -223,8 +268,19 @@ def weights_bytes(model) -> int:
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) not in seen:
             seen.add(id(t))
-            total += t.numel() * t.element_size()
+            total += _tensor_bytes(t)
     return total
+
+
+def _tensor_bytes(t) -> int:
+    """Bytes a tensor holds; a 2:4 semi-structured weight holds its packed values and metadata, not its dense shape."""
+    import torch
+
+    sparse_cls = getattr(torch.sparse, "SparseSemiStructuredTensor", None)
+    if sparse_cls is not None and isinstance(t, sparse_cls):
+        names, _ = t.__tensor_flatten__()
+        return sum(getattr(t, n).numel() * getattr(t, n).element_size() for n in names)
+    return t.numel() * t.element_size()
 
 
 def peak_memory(subject: Subject, ids, config: BenchConfig) -> tuple[int | None, str | None]:
@@ -299,52 +355,50 @@ def peak_rss_subprocess(checkpoint: str, config: BenchConfig, ids=None, pad: int
 
 
 def vllm_unavailable_reason() -> str | None:
-    """None when vLLM can run here; otherwise why not (not installed, no CUDA GPU)."""
-    import importlib.util
+    """None when vLLM can run here; otherwise why not (not installed, no `vllm` command, no CUDA GPU)."""
+    from planner.vllm_bench import vllm_missing
 
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (pip install 'planner[vllm]')"
-    import torch
+    return vllm_missing()
 
-    if not torch.cuda.is_available():
-        return "vLLM needs a CUDA GPU and none is visible"
-    return None
+
+VLLM_DENSE_NOTE = ("vLLM serves the exported checkpoint, which stores the 2:4 zeros densely; its 2:4 kernels "
+                   "(compressed-tensors sparse-24) need a checkpoint in that format, so the model ran on dense kernels")
 
 
 def benchmark_vllm(subjects: list[Subject], tokenizer, config: BenchConfig, measured_on: str,
                    progress: bool = True) -> dict[str, dict]:
-    """Serve each exported checkpoint through vLLM's offline engine; the same request shape, interleaved."""
+    """Each exported checkpoint served by `vllm serve` and timed by `vllm bench serve` (planner.vllm_bench), one
+    after the other (one server holds the GPU at a time): the workload's prompt and generation lengths, `requests`
+    timed requests after `warmup` untimed ones, at the configured request rate and concurrency."""
+    import tempfile
+
+    from planner.vllm_bench import VllmBench, run_bench
+
     reason = vllm_unavailable_reason()
     if reason:
-        raise InputError(f"runtime 'vllm' is not available: {reason}; use --runtime hf-eager")
-    from vllm import LLM, SamplingParams
-
-    ids = prompt_ids(tokenizer, config.prompt_len, config.batch_size)
-    prompts = [{"prompt_token_ids": row} for row in ids.tolist()]
-    params = SamplingParams(max_tokens=config.gen_len, min_tokens=config.gen_len, temperature=0.0, ignore_eos=True)
-    share = 0.85 / len(subjects)  # every engine stays resident so that requests can alternate
-    engines = {}
+        raise InputError(f"runtime 'vllm' is not available: {reason}; use --runtime hf-eager or hf-compile")
     for s in subjects:
         if s.checkpoint is None:
             raise InputError(f"variant {s.name!r} has no checkpoint folder for vLLM to load")
-        engines[s.name] = LLM(model=s.checkpoint, dtype={"fp32": "float32", "bf16": "bfloat16",
-                                                         "fp16": "float16"}.get(config.dtype, "auto"),
-                              gpu_memory_utilization=share, max_model_len=config.prompt_len + config.gen_len,
-                              enforce_eager=False)
-    samples = {s.name: [] for s in subjects}
-    bar = _progress((config.warmup + config.requests) * len(subjects), "latency (vllm)", progress)
-    for i in range(config.warmup + config.requests):
-        for s in (subjects if i % 2 == 0 else subjects[::-1]):
-            start = time.perf_counter()
-            outs = engines[s.name].generate(prompts, params, use_tqdm=False)
-            e2e = (time.perf_counter() - start) * 1000
-            if any(len(o.outputs[0].token_ids) != config.gen_len for o in outs):
-                raise RuntimeError(f"vLLM produced a length other than gen_len={config.gen_len}")
-            if i >= config.warmup:
-                samples[s.name].append(e2e)
-            bar.update(1)
-    bar.close()
-    # vLLM's per-request first-token timestamps are not a stable public API across versions: only end-to-end here
-    return {s.name: dict(measured_on=measured_on, runtime="vllm", dtype=config.dtype, prompt_len=config.prompt_len,
-                         gen_len=config.gen_len, batch_size=config.batch_size, warmup=config.warmup,
-                         samples_ms=samples[s.name]) for s in subjects}
+    out_dir = config.out_dir or tempfile.mkdtemp(prefix="planner-vllm-")
+    out = {}
+    for i, s in enumerate(subjects):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.name)
+        bench = VllmBench(checkpoint=s.checkpoint, dtype=config.dtype, prompt_len=config.prompt_len,
+                          gen_len=config.gen_len, num_prompts=config.requests * config.batch_size,
+                          request_rate=config.request_rate, concurrency=max(config.concurrency, config.batch_size),
+                          port=8011 + i, result_dir=out_dir, result_file=f"{safe}.json")
+        parsed = run_bench(bench, warmup=config.warmup)
+        samples = parsed["samples_ms"]
+        out[s.name] = dict(measured_on=measured_on, runtime="vllm", dtype=config.dtype, prompt_len=config.prompt_len,
+                           gen_len=config.gen_len, batch_size=1, warmup=config.warmup, samples_ms=samples["e2e"],
+                           ttft_samples_ms=samples["ttft"], tpot_samples_ms=samples["tpot"],
+                           vllm_bench={k: parsed[k] for k in ("vllm_version", "command", "num_prompts", "completed",
+                                                              "request_rate", "max_concurrency", "duration_s",
+                                                              "request_throughput", "output_throughput",
+                                                              "percentiles")})
+        if s.sparse_2to4:
+            out[s.name]["sparse_kernels"] = {"format": "2:4", "device": measured_on, "dtype": config.dtype,
+                                             "backend": None, "converted": [], "skipped": {},
+                                             "fallback": VLLM_DENSE_NOTE}
+    return out

@@ -72,6 +72,10 @@ class Workload(BaseModel):
     tokenization_ms: float = Field(0.0, ge=0)
     network_ms: float = Field(0.0, ge=0)
     runtime: str | None = Field(None, description="serving runtime (profiles/runtimes/); None: the target's default")
+    # traffic (planner.perf.traffic): Poisson arrivals at request_rate, or a trace file of arrival times and lengths
+    request_rate: float | None = Field(None, description="requests per second, Poisson arrivals")
+    trace: str | None = Field(None, description="file of arrival_s[,prompt_len[,gen_len]] per request")
+    p95_target_ms: float | None = Field(None, description="p95 latency target under the traffic, ms (capacity)")
 
     def model_post_init(self, __context) -> None:
         if self.dtype not in DTYPES:
@@ -80,6 +84,21 @@ class Workload(BaseModel):
             from planner.perf.runtimes import get_runtime
 
             self.runtime = get_runtime(self.runtime).id  # an alias becomes the id; unknown names are bad input
+        if self.request_rate is not None or self.trace is not None or self.p95_target_ms is not None:
+            self._check_traffic()
+
+    def _check_traffic(self) -> None:
+        from planner.perf.arrivals import check_rate, load_trace
+
+        if self.request_rate is not None:
+            check_rate(self.request_rate)
+        if self.p95_target_ms is not None:
+            check_rate(self.p95_target_ms, "p95 target", "a latency > 0 ms")
+        if self.request_rate is not None and self.trace is not None:
+            raise InputError("--request-rate and --trace both set; accepted: one of them (a trace has its own "
+                             "arrival times)")
+        if self.trace is not None:
+            load_trace(self.trace, self.prompt_len, self.gen_len)  # unreadable, negative times: bad input now
 
     @property
     def dtype_bytes(self) -> float:

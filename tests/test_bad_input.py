@@ -19,6 +19,7 @@ import pytest
 from test_report_data import make_results
 
 from planner.cli import main
+from planner.paths import gpus_dir
 from tiny import save_mlp_plan, save_tiny, tiny_config
 
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "gate.yaml"
@@ -74,6 +75,12 @@ def base(tmp_path_factory):
     (b / "plan-nan.json").write_text(json.dumps({**plan, "workload": {**plan["workload"], "queueing_ms": 1e400}}))
     (b / "plan-dup.json").write_text('{"gpu": "a100-80gb-sxm", ' + (b / "plan.json").read_text().strip()[1:])
     (b / "plan-dir.json").mkdir()
+    gpu_text = (gpus_dir() / "a100-80gb-sxm.yaml").read_text().replace("id: a100-80gb-sxm", "id: my-gpu")
+    gpu_text = "\n".join(line for line in gpu_text.splitlines() if not line.startswith("aliases:"))
+    (b / "gpus-bad").mkdir()
+    (b / "gpus-bad" / "my-gpu.yaml").write_text(gpu_text.replace("memory_gb: 80", "memroy_gb: 80"))
+    (b / "gpus-unsourced").mkdir()
+    (b / "gpus-unsourced" / "my-gpu.yaml").write_text(gpu_text.replace("  tdp_w: *ds\n", ""))
     changed = b / "model-changed"
     shutil.copytree(model, changed)
     _plan(changed, b / "plan-changed.json")
@@ -319,6 +326,13 @@ CASES = [
     # -- plan gpus --
     ("gpus-unknown", ["gpus", "a10"], "a10"),
     ("gpus-long-name", ["gpus", LONG], "zzzz"),
+    ("gpus-check-unknown-field", ["gpus", "--check", "{b}/gpus-bad"], "memroy_gb"),
+    ("gpus-check-unsourced", ["gpus", "--check", "{b}/gpus-unsourced"], "tdp_w"),
+    ("gpus-check-missing-folder", ["gpus", "--check", "{b}/no-gpus"], "no-gpus"),
+    ("gpus-user-folder-bad", ["gpus", "--gpus", "{b}/gpus-bad"], "my-gpu.yaml"),
+    ("gpus-env-folder-bad", ["@env:PLANNER_GPUS={b}/gpus-bad", "gpus", "h100"], "memroy_gb"),
+    ("main-gpus-folder-bad", [*MAIN, "--gpus", "{b}/gpus-bad"], "memroy_gb"),
+    ("gpus-unknown-json", ["gpus", "zz-gpu", "--json"], "zz-gpu"),
 ]
 
 

@@ -189,3 +189,138 @@ def test_cli_unknown_gpu_exits_2(capsys):
 
     assert main(["gpus", "a10"]) == 2
     assert "a10g" in capsys.readouterr().err
+
+
+# -- your own GPU folder: --gpus DIR / PLANNER_GPUS --
+
+def _user_gpu(tmp_path, new_id="my-b300", **replace):
+    path, text = _copy(tmp_path, "h200", new_id)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def fresh_catalog(monkeypatch):
+    monkeypatch.delenv(gpus.ENV_VAR, raising=False)
+    yield
+    gpus.use_gpu_dirs(None)
+
+
+def test_new_parts_are_in_the_catalog_with_sources():
+    catalog = gpus.load_catalog()
+    b200, gb200, mi325x = catalog["b200"], catalog["gb200"], catalog["mi325x"]
+    assert b200.architecture == "blackwell" and b200.peak_tflops.bf16 == 2250 and b200.bandwidth_gb_s == 8000
+    assert gb200.peak_tflops.fp8 == 5000 and gb200.memory_gb == 186
+    assert mi325x.memory_gb == 256 and mi325x.peak_tflops.bf16 == mi325x.peak_tflops.fp16 == 1307.4
+    for spec in (b200, gb200, mi325x):
+        for figure in spec.cited_figures():
+            citation = spec.sources.get(figure) or spec.sources[figure.split(".")[0]]
+            assert "https://" in citation
+    assert gpus.get_gpu("hgx-b200").id == "b200"
+
+
+def test_env_folder_adds_a_gpu_and_main_job_plans_for_it(tmp_path, monkeypatch, fresh_catalog, capsys):
+    from planner.cli import main
+
+    folder = tmp_path / "my-gpus"
+    folder.mkdir()
+    _user_gpu(folder, "my-b300", **{"memory_gb: 141": "memory_gb: 288"})
+    monkeypatch.setenv(gpus.ENV_VAR, str(folder))
+    spec = gpus.get_gpu("MY-B300")
+    assert spec.memory_gb == 288 and gpus.is_user_gpu(spec)
+    assert not gpus.is_user_gpu(gpus.get_gpu("h200"))
+
+    model = tmp_path / "cfg"
+    model.mkdir()
+    from tiny import tiny_config
+
+    (model / "config.json").write_text(tiny_config("llama").to_json_string())
+    monkeypatch.delenv(gpus.ENV_VAR)
+    out = tmp_path / "plan.json"
+    code = main(["--goal", "p95-latency", "--gpu", "my-b300", "--gpus", str(folder), "--model", str(model),
+                 "--no-measure", "--no-probe", "--prompt-len", "16", "--gen-len", "4", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    plan = json.loads(out.read_text())
+    assert plan["gpu"] == "my-b300"
+
+
+def test_user_file_overrides_a_builtin_gpu_by_id(tmp_path, fresh_catalog):
+    path, text = _copy(tmp_path, "h200", "h200")
+    path.write_text(text.replace("bandwidth_gb_s: 4800", "bandwidth_gb_s: 4900") + "\naliases: [h200-sxm]\n")
+    gpus.use_gpu_dirs([tmp_path])
+    spec = gpus.get_gpu("h200-sxm")
+    assert spec.bandwidth_gb_s == 4900 and gpus.is_user_gpu(spec)
+    assert gpus.get_gpu("h100").bandwidth_gb_s == 3352  # the rest of the catalog is untouched
+    # without override (a plain extra folder), the same id is a duplicate
+    with pytest.raises(InputError, match="already the id"):
+        gpus.load_catalog([tmp_path])
+
+
+def test_check_cli(tmp_path, fresh_catalog, capsys):
+    from planner.cli import main
+
+    _user_gpu(tmp_path, "my-b300")
+    assert main(["gpus", "--check", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["gpus"] == [{"id": "my-b300", "file": str(tmp_path / "my-b300.yaml"),
+                                                "replaces_builtin": False}]
+    assert main(["gpus", "my-b300", "--gpus", str(tmp_path)]) == 0
+    assert "your GPU folder" in capsys.readouterr().out.replace("\n", "")
+
+    _user_gpu(tmp_path, "my-b300", **{"memory_gb: 141": "memory_gb: -5"})
+    assert main(["gpus", "--check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "my-b300.yaml" in err and "memory_gb" in err
+
+
+def test_unknown_gpu_says_how_to_add_one(capsys):
+    from planner.cli import main
+
+    assert main(["gpus", "b300"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "unknown GPU 'b300'" in err and "--gpus DIR" in err and "PLANNER_GPUS" in err
+
+
+def test_json_errors_go_to_stderr_as_json(capsys):
+    from planner.cli import main
+
+    assert main(["gpus", "zz-gpu", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = json.loads(captured.err)
+    assert error["exit"] == 2 and "zz-gpu" in error["error"]
+
+
+def test_example_gpu_folder_and_task_gate_policy_validate():
+    from pathlib import Path
+
+    from planner.gate.policy import load_policy
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    catalog = gpus.load_catalog([examples / "gpus"], override=True)
+    assert catalog["h100-nvl"].bandwidth_gb_s == 3900 and gpus.is_user_gpu(catalog["h100-nvl"])
+    policy = load_policy(examples / "gate-tasks.yaml")
+    assert policy.max_task_drop == {"*": 0.05} and policy.min_task_score == {"planner_next_line": 0.5}
+
+
+def test_model_json_has_a_version(capsys, tmp_path):
+    from planner.cli import main
+    from tiny import tiny_config
+
+    (tmp_path / "config.json").write_text(tiny_config("llama").to_json_string())
+    assert main(["model", "--model", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+
+
+def test_rules_piped_is_one_rule_per_line(capsys):
+    from planner.cli import main
+    from planner.decide.rules import load_rules
+
+    assert main(["rules"]) == 0  # capsys: stdout is not a terminal
+    lines = capsys.readouterr().out.splitlines()
+    rules = load_rules([]).rules
+    assert len(lines) == len(rules)
+    assert [line.split("\t")[0] for line in lines] == [r.id for r in rules]
+    assert all(len(line.split("\t")) == 3 for line in lines)

@@ -27,11 +27,15 @@ LAYERS: list[list[str]] = [
     # what a user names: workload, architecture adapters, the GPU and runtime catalogs (data files, like the GPUs:
     # a workload names its runtime, so the runtime catalog sits here rather than with the performance model), goals,
     # the bundled text
-    ["planner.workload", "planner.arch", "planner.gpus", "planner.goals", "planner.perf.runtimes", "planner.data"],
+    # (and arrival streams: the workload checks --request-rate and --trace when it is built)
+    ["planner.workload", "planner.arch", "planner.gpus", "planner.goals", "planner.perf.runtimes",
+     "planner.perf.arrivals", "planner.data"],
     # loading models, the performance model, profiling
     ["planner.models", "planner.perf", "planner.profile"],
     # what a run does to a model
-    ["planner.prune", "planner.quant", "planner.recover", "planner.evaluate", "planner.export", "planner.latency"],
+    # (the latency benchmark delegates to vLLM's own through planner.vllm_bench)
+    ["planner.prune", "planner.quant", "planner.recover", "planner.evaluate", "planner.export", "planner.latency",
+     "planner.vllm_bench"],
     # pruning kinds: each kind ties its spec and engine (planner.prune) to its shape and size formulas
     # (planner.profile.roofline), so it sits above both, and below the decision that asks it; the quality probe
     # applies steps (prune, quant) and measures them (evaluate) for the decision
@@ -44,7 +48,8 @@ LAYERS: list[list[str]] = [
     ["planner.report"],
     # running a plan (the runner renders the report at the end)
     ["planner.run"],
-    ["planner.gate"],
+    # the gate, and experiment tracking (logs a run's documents and its gate verdict)
+    ["planner.gate", "planner.track"],
     # entry points: the command line, and the package's own top-level API (planner.plan, planner.save_plan)
     ["planner", "planner.cli", "planner.__main__"],
 ]

@@ -39,8 +39,16 @@ examples:
 """
 
 
+_JSON_ERRORS = False  # set by main() when --json is on the command line: argparse's errors come as JSON too
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own usage errors also exit 2, with our prefix
+        if _JSON_ERRORS:
+            from planner.cli._out import print_error
+
+            print_error(message, 2, as_json=True)
+            self.exit(2)
         self.print_usage(sys.stderr)
         self.exit(2, f"plan: error: {message}\n")
 
@@ -63,33 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _JSON_ERRORS
+    _JSON_ERRORS = "--json" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from planner.cli._out import err_console, escape
+    from planner.cli._out import err_console, print_error
     from planner.documents import bounded, show
 
+    as_json = bool(getattr(args, "json", False))
     try:
+        from planner import gpus
+
+        gpus.use_gpu_dirs(getattr(args, "gpu_dirs", None))
         if args.command is None:
             from planner.cli import plan_cmd
 
             return int(plan_cmd.run_main(args) or 0)
         return int(args.func(args) or 0)
     except (InputError, RunIncomplete) as exc:
-        err_console().print(f"[bold red]error:[/] {escape(bounded(str(exc)))}")
+        print_error(bounded(str(exc)), exc.exit_code, as_json=as_json)
         return exc.exit_code
     except GateFailed as exc:
         if str(exc):
-            err_console().print(f"[bold red]gate failed:[/] {escape(bounded(str(exc)))}")
+            print_error(bounded(str(exc)), exc.exit_code, as_json=as_json, prefix="gate failed")
         return exc.exit_code
+    except BrokenPipeError:  # `plan rules | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # a destination or source the OS refuses (permissions, a full disk, a read-only file system) is bad input
         # to fix, not a crash; exit 1 would read as "gate failed" to CI
         if exc.errno is None or exc.errno not in OS_INPUT_ERRORS:
             raise
         where = f" {show(str(exc.filename))}" if exc.filename else ""
-        err_console().print(f"[bold red]error:[/] cannot use{escape(where)}: "
-                            f"{escape(OS_INPUT_ERRORS[exc.errno])} (accepted: a readable source and a writable "
-                            "destination)")
+        print_error(f"cannot use{where}: {OS_INPUT_ERRORS[exc.errno]} (accepted: a readable source and a "
+                    "writable destination)", InputError.exit_code, as_json=as_json)
         return InputError.exit_code
     except KeyboardInterrupt:
         err_console().print("interrupted")

@@ -38,3 +38,9 @@ def workload_from_args(args):
         if value is not None:
             data[field] = value
     return make_workload(data)
+
+
+def add_gpu_catalog_argument(p) -> None:
+    p.add_argument("--gpus", action="append", default=None, metavar="DIR", dest="gpu_dirs",
+                   help="a folder of your own GPU files (<id>.yaml, like profiles/gpus/): adds GPUs or replaces "
+                        "built-in ones by id; repeatable; also $PLANNER_GPUS (check one with `plan gpus --check DIR`)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from planner.cli.common import add_gpu_catalog_argument
+
 EPILOG = """\
 examples:
   plan gpus                      every GPU: memory, bandwidth, dense peaks, 2:4 support, ridge point, example price
@@ -15,7 +17,11 @@ examples:
 
 Figures are datasheet peaks for dense math (never the with-sparsity figure). Ridge point = peak FLOP/s divided by
 memory bandwidth: kernels below it (decode GEMVs, most of inference at small batch) are memory-bound.
-To add a GPU in a source checkout, write profiles/gpus/<id>.yaml like its neighbours: a source for every figure.
+
+Your own GPUs: write <id>.yaml like profiles/gpus/h200.yaml (a source for every figure) in a folder of your own,
+  plan gpus --check my-gpus/     validate it (exit 0 ok, 2 naming the file and the field)
+  plan gpus --gpus my-gpus/      the catalog with your GPUs added (a file whose id is a built-in GPU's replaces it)
+  plan --goal ttft --gpu b300 --gpus my-gpus/    plan for it; PLANNER_GPUS=my-gpus/ does the same for every command
 """
 
 
@@ -30,7 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("name", nargs="?", help="a GPU id or alias (a100, h100, 4090, ...); omit to list all")
     p.add_argument("--dtype", default="bf16",
                    help="dtype of the ridge-point column: fp32, tf32, bf16, fp16, fp8, int8 (default: bf16)")
+    p.add_argument("--check", metavar="DIR", help="validate the GPU files in DIR against the catalog (exit 0 ok, 2 "
+                                                 "naming the file and the field)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_gpu_catalog_argument(p)
     p.set_defaults(func=run)
 
 
@@ -38,10 +47,38 @@ def run(args) -> int:
     from planner import gpus
 
     gpus.check_dtype(args.dtype)
+    if args.check:
+        return _check(gpus, args)
     catalog = gpus.catalog()
     if args.name:
         return _show_one(gpus, catalog, args)
     return _show_all(gpus, catalog, args)
+
+
+def _check(gpus, args) -> int:
+    """Validate a folder of GPU files the way `--gpus DIR` loads them: each file alone, then with the catalog."""
+    from pathlib import Path
+
+    from planner.cli._out import console, escape, print_json
+    from planner.errors import InputError
+
+    files = gpus.gpu_files(args.check)
+    if not files:
+        raise InputError(f"GPU folder {args.check!r} holds no GPU file (accepted: <id>.yaml files like "
+                         f"{gpus.gpus_dir() / 'h200.yaml'})")
+    specs = [gpus.load_gpu_file(path) for path in files]  # InputError names the file and the field
+    merged = gpus.load_catalog([*gpus.user_gpu_dirs(), Path(args.check)], override=True)
+    builtin = gpus.load_catalog()
+    rows = [{"id": s.id, "file": str(s.file), "replaces_builtin": s.id in builtin} for s in specs]
+    if args.json:
+        print_json({"version": 1, "ok": True, "folder": args.check, "gpus": rows, "catalog_size": len(merged)})
+        return 0
+    out = console()
+    for row in rows:
+        what = "replaces the built-in GPU of that id" if row["replaces_builtin"] else "adds a GPU"
+        out.print(f"[green]ok[/]: {escape(row['file'])}: {escape(row['id'])} ({what})")
+    out.print(f"use them with `--gpus {escape(args.check)}` or PLANNER_GPUS={escape(args.check)}")
+    return 0
 
 
 def _num(value: float | None, digits: int | None = None) -> str:
@@ -107,6 +144,10 @@ def _show_all(gpus, catalog, args) -> int:
             label = escape(s.id) + (f"\n[dim]{escape(aliases)}[/]" if aliases else "")
             table.add_row(label, *figures)
     out.print(table)
+    mine = [s.id for s in specs if gpus.is_user_gpu(s)]
+    if mine:
+        out.print(f"from your GPU folders ({escape(', '.join(str(d) for d in gpus.user_gpu_dirs()))}): "
+                  f"{escape(', '.join(mine))}")
     out.print(f"TF = TFLOPS (dense). ridge = {args.dtype} peak / bandwidth, FLOP/byte. 2:4 = sparse tensor cores "
               "speed up 2:4-pruned matmuls. * = example on-demand price per GPU-hour, a dated list price.\n"
               "`plan gpus NAME` shows which dtypes 2:4 covers, the price's date and the source of every figure. "
@@ -179,5 +220,5 @@ def _show_one(gpus, catalog, args) -> int:
         for citation, fields in by_citation.items():
             out.print(f"  [bold]{escape(', '.join(fields))}[/]: {escape(citation)}")
     if spec.file:
-        out.print(f"file: {escape(str(spec.file))}")
+        out.print(f"file: {escape(str(spec.file))}" + (" (your GPU folder)" if gpus.is_user_gpu(spec) else ""))
     return 0

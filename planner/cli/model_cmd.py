@@ -41,6 +41,7 @@ def describe_model(spec: str | None, dtype: str = "bf16", trust_remote_code: boo
     roles = parameters_by_role(meta)
     total = sum(roles.values())
     return {
+        "version": 1,
         "model": source.name,
         "source": {"kind": source.kind, "path": str(source.path), "weights_present": source.has_weights},
         "family": adapter.family,

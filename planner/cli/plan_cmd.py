@@ -14,12 +14,24 @@ def add_main_arguments(parser) -> None:
 
     g = parser.add_argument_group("the main job (plan --goal GOAL --gpu GPU)")
     g.add_argument("--goal", help="what the deployment must get better at: p50-latency, p95-latency, p99-latency, "
-                                  "ttft, tpot, throughput, peak-memory, checkpoint-size, kv-capacity, cost-per-token")
+                                  "ttft, tpot, throughput, peak-memory, checkpoint-size, kv-capacity, cost-per-token; short "
+                                  "names: latency and p95 = p95-latency, p50, p99, memory, size, cost")
     g.add_argument("--gpu", default=None,
                    help=f"target GPU id or alias (see `plan gpus`; default {DEFAULT_GPU}, i.e. a100-80gb-sxm); "
                         "`cpu` targets this machine with its measured peaks")
     add_model_arguments(g)
     add_workload_arguments(g)
+    from planner.cli.common import add_gpu_catalog_argument
+
+    add_gpu_catalog_argument(g)
+    g.add_argument("--request-rate", type=float, default=None, metavar="REQ_PER_S",
+                   help="traffic: Poisson arrivals at this many requests/s; p50/p95/p99, TTFT and TPOT are projected "
+                        "by a seeded discrete-event simulation of the runtime's scheduler (planner/perf/traffic.py), "
+                        "and the capacity (req/s at the p95 target) is reported. Also as a goal: --goal "
+                        "'p95 under 800 ms at 2 req/s'")
+    g.add_argument("--trace", default=None, metavar="FILE",
+                   help="traffic from a file: one request per line, arrival_s[,prompt_len[,gen_len]] (CSV) or a "
+                        "JSON list of {arrival_s, prompt_len, gen_len}")
     g.add_argument("--max-ppl-increase", type=float, default=None, metavar="FRACTION",
                    help="quality budget: relative held-out perplexity increase allowed (default 0.10 = +10%%)")
     g.add_argument("--rules", action="append", default=None, metavar="DIR",
@@ -36,6 +48,11 @@ def add_main_arguments(parser) -> None:
     g.add_argument("--no-probe", action="store_true",
                    help="skip the quality probe (every candidate the speed rules keep applied one-shot to a copy of "
                         "the model and measured): the risk tiers stay the rules' priors")
+    g.add_argument("--recovery-minutes", type=float, default=None, metavar="MIN",
+                   help="time allowance for one candidate's recovery on this machine (default 10): the budget is "
+                        "scaled with the model, cut to what fits this allowance, and written in steps and tokens")
+    g.add_argument("--recovery-tokens", type=int, default=None, metavar="N",
+                   help="recovery budget in tokens outright (instead of --recovery-minutes)")
     g.add_argument("-o", "--output", default="plan.json", metavar="FILE",
                    help="where to write the plan (default ./plan.json; an existing file is replaced only if it "
                         "is a plan)")
@@ -75,21 +92,65 @@ def make_plan(args):
     from planner.cli.common import workload_from_args
     from planner.decide.plan import is_plan_file, save_plan
     from planner.errors import InputError
+    from planner.goals import parse_traffic_goal
     from planner.workload import parse_goal
 
     started = time.perf_counter()
-    goal = parse_goal(args.goal)
+    traffic_goal = parse_traffic_goal(args.goal)
+    goal = traffic_goal[0] if traffic_goal else parse_goal(args.goal)
     out = Path(args.output)
-    workload = workload_from_args(args)
+    workload = _with_traffic(workload_from_args(args), args, traffic_goal)
     if out.is_dir() or (out.exists() and not is_plan_file(out)):  # fail before the slow part
         raise InputError(f"refusing to write the plan to {args.output!r}: it exists and is not a plan file; "
                          "choose another -o/--output")
     plan = make(goal, args.gpu, model=args.model, workload=workload, max_ppl_increase=args.max_ppl_increase,
                 rules=args.rules or [], threads=getattr(args, "threads", None), measure=not args.no_measure,
                 trust_remote_code=args.trust_remote_code, dtype_fallback=args.dtype is None,
-                quantize=args.quantize or [], probe=not args.no_probe)
+                quantize=args.quantize or [], probe=not args.no_probe,
+                recovery_minutes=args.recovery_minutes, recovery_tokens=args.recovery_tokens)
     path = save_plan(plan, out)
     return plan, path, time.perf_counter() - started
+
+
+def _with_traffic(workload, args, traffic_goal):
+    """The workload with --request-rate / --trace and a goal's "p95 under X ms at Y req/s" (bad values: exit 2)."""
+    from planner.api import make_workload
+    from planner.errors import InputError
+
+    data = {}
+    if getattr(args, "request_rate", None) is not None:
+        data["request_rate"] = args.request_rate
+    if getattr(args, "trace", None):
+        data["trace"] = args.trace
+    if traffic_goal:
+        _, target, rate = traffic_goal
+        if data.get("request_rate") not in (None, rate):
+            raise InputError(f"--goal names {rate:g} req/s but --request-rate is {data['request_rate']:g}; give one")
+        data.update(p95_target_ms=target, request_rate=rate)
+    if not data:
+        return workload
+    return make_workload({**workload.model_dump(exclude_unset=True), **data})
+
+
+def _traffic_line(plan) -> str | None:
+    """The dense model under the workload's traffic: p95, batch, capacity (projected, from planner.perf.traffic)."""
+    from planner.goals import format_value
+
+    d = plan.dense_predicted or {}
+    if d.get("traffic_batch") is None:
+        return None
+    wl = plan.workload
+    traffic = (f"Poisson {wl.request_rate:g} req/s" if wl.request_rate else f"trace {wl.trace}" if wl.trace
+               else f"{wl.concurrency} users in a closed loop")
+    line = (f"traffic ({traffic}): dense p50 {format_value('p50_ms', d.get('p50_ms'))}, p95 "
+            f"{format_value('p95_ms', d.get('p95_ms'))} (isolated request {format_value('p50_ms', d.get('isolated_p50_ms'))}), "
+            f"{d['traffic_batch']:.3g} sequences per decode step, {format_value('tokens_per_s', d.get('tokens_per_s'))}; "
+            f"capacity {format_value('capacity_rps', d.get('capacity_rps'))} at p95 <= "
+            f"{format_value('p95_ms', d.get('capacity_target_ms'))}, saturation "
+            f"{format_value('saturation_rps', d.get('saturation_rps'))} (projected to {plan.gpu}, {wl.runtime})")
+    if wl.p95_target_ms and d.get("p95_ms") is not None:
+        line += "; the goal's target is " + ("met" if d["p95_ms"] <= wl.p95_target_ms else "MISSED")
+    return line
 
 
 # -- output -------------------------------------------------------------------------------------------------------
@@ -164,9 +225,14 @@ def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) 
                   f"{probe['cached']} from the cache, {probe['seconds']:.1f} s)")
     elif probe.get("note"):
         con.print(f"  [dim]{escape(probe['note'])}[/]")
+    if plan.recovery_budget is not None and any(c.recovery.method != "none" for c in plan.candidates):
+        con.print(f"  {escape(plan.recovery_budget.described)}")
     memory = _memory_line(plan)
     if memory:
         con.print(f"  {escape(memory)}")
+    traffic = _traffic_line(plan)
+    if traffic:
+        con.print(f"  {escape(traffic)}")
 
     if plan.candidates:
         table = Table(title=f"ranked candidates — {metric} and speedup projected to {plan.gpu} by the roofline "

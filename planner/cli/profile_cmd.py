@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="reuse a cached profile made for the same inputs instead of measuring again")
     p.add_argument("-o", "--output", default="profile.json", help="where to write the profile (default profile.json)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON instead of a summary")
+    from planner.cli.common import add_gpu_catalog_argument
+
+    add_gpu_catalog_argument(p)
     p.set_defaults(func=run)
 
 

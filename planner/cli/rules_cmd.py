@@ -7,7 +7,8 @@ import argparse
 
 EPILOG = """\
 examples:
-  plan rules                          every built-in rule: id, outcome, condition, statement
+  plan rules                          every built-in rule: id, outcome, condition, statement (a table fitted to
+                                      the terminal; piped: one rule per line, id<TAB>outcome<TAB>statement)
   plan rules unstructured-no-dense-speedup
                                       one rule in full: condition, outcome, rationale, sources
   plan rules --facts                  the facts a condition may name, their types and where they come from
@@ -68,18 +69,28 @@ def run(args) -> int:
     if args.json:
         print_json({"version": ruleset.version, "rules": [_rule_json(r, ruleset) for r in ruleset.rules]})
         return 0
+    import sys
+
+    if not sys.stdout.isatty():
+        # piped: one rule per line, tab-separated (id, outcome, statement), for grep and cut; no table to reflow
+        for rule in ruleset.rules:
+            fields = (rule.id, _outcome(rule), rule.statement)
+            sys.stdout.write("\t".join(" ".join(str(f).split()) for f in fields) + "\n")
+        return 0
     from rich.table import Table
 
+    out = console()
+    out.soft_wrap = False  # cells wrap inside their column at the terminal's width
     table = Table(title=f"decision rules (version {ruleset.version}; `plan rules ID` shows one in full)",
-                  title_justify="left")
-    table.add_column("id", no_wrap=True)
-    table.add_column("outcome")
-    table.add_column("when", max_width=60)
-    table.add_column("statement", max_width=60)
+                  title_justify="left", expand=False)
+    table.add_column("id", overflow="fold", ratio=2)
+    table.add_column("outcome", ratio=2)
+    table.add_column("when", ratio=3)
+    table.add_column("statement", ratio=4)
     for rule in ruleset.rules:
-        table.add_row(escape(rule.id), _outcome(rule),
+        table.add_row(escape(rule.id), escape(_outcome(rule)),
                       escape(rule.when.describe()), escape(rule.statement))
-    console().print(table)
+    out.print(table)
     return 0
 
 

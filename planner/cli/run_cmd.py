@@ -11,6 +11,10 @@ examples:
   plan run plan.json --eval-text notes.txt --eval-prompts product.jsonl
                                                   add your own text (perplexity) and prompts (agreement)
   plan run plan.json --requests 30 --gen-len 64   more timed requests, shorter generations
+  plan run plan.json --lm-eval-tasks planner_next_line,planner_last_word --lm-eval-limit 50
+                                                  lm-evaluation-harness task scores, dense and candidate
+  plan run plan.json --gate examples/gate-tasks.yaml --track mlflow:./mlruns
+                                                  gate the results, log everything to MLflow
 
 Prompt files hold one JSON object per line: {"id": "...", "prompt": "...", "gold": "optional answer",
 "match": "exact|number|word|prefix", "chat": true, "max_new_tokens": 32}.
@@ -51,13 +55,43 @@ def register(sub) -> None:
     p.add_argument("--prompt-len", type=int, default=None, help="override the plan's prompt length for timing")
     p.add_argument("--gen-len", type=int, default=None, help="override the plan's generation length for timing")
     p.add_argument("--batch-size", type=int, default=None, help="override the plan's batch size for timing")
+    p.add_argument("--request-rate", type=float, default=None, help="--runtime vllm: requests per second sent to "
+                                                                      "the server (default: all at once)")
+    p.add_argument("--concurrency", type=int, default=None, help="--runtime vllm: most requests in flight (default: "
+                                                                  "the plan's workload)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; the "
                                                                  "results record it with the device)")
+    p.add_argument("--load", default=None, metavar="RATES",
+                   help="then serve every variant in-process under Poisson traffic at these request rates (req/s, "
+                        "comma-separated) or 'auto' (low, 70%% and 95%% of the dense model's measured capacity): "
+                        "p50/p95/p99, TTFT, TPOT and achieved throughput per variant, in alternating windows")
+    p.add_argument("--load-requests", type=int, default=24, metavar="N",
+                   help="requests per variant and rate under --load (default 24, in 2 windows)")
+    p.add_argument("--load-time-limit", type=float, default=900.0, metavar="S",
+                   help="seconds per rate under --load (default 900); a window still running then is stopped")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print results.json on stdout")
+    from planner.cli.common import add_gpu_catalog_argument
+
+    add_gpu_catalog_argument(p)
+    lm = p.add_argument_group("lm-evaluation-harness (optional: pip install 'planner[lmeval]')")
+    lm.add_argument("--lm-eval-tasks", default=None, metavar="TASKS",
+                    help="comma-separated lm-eval tasks scored on dense and every candidate, e.g. "
+                         "planner_next_line,planner_last_word (bundled, on the held-out text), or lm-eval's own "
+                         "tasks whose data is in the local cache; hubs are never contacted")
+    lm.add_argument("--lm-eval-limit", type=int, default=None, metavar="N",
+                    help="documents per task (default: all); small values give wide standard errors")
+    lm.add_argument("--lm-eval-include", action="append", default=[], metavar="DIR",
+                    help="a folder of your own lm-eval task YAMLs (local or cached data); repeatable")
+    p.add_argument("--track", default=None, metavar="mlflow[:URI]",
+                   help="log the run to an experiment tracker: mlflow (a local store ./mlruns) or mlflow:URI "
+                        "(a folder, file:// or http(s):// tracking URI); needs pip install 'planner[track]'")
+    p.add_argument("--gate", default=None, metavar="POLICY",
+                   help="check the results against this gate policy after the run (like `plan gate`): prints the "
+                        "verdict, logs it with --track, exits 1 when it fails")
     p.set_defaults(func=run)
 
 
@@ -70,6 +104,7 @@ def _slices(value: str | None):
 
 
 def run(args) -> int:
+    from planner.errors import RunIncomplete
     from planner.run import run_plan
     from planner.run.runner import RunOptions
 
@@ -78,9 +113,44 @@ def run(args) -> int:
                          warmup=args.warmup, runtime=args.runtime, bench_dtype=args.bench_dtype,
                          prompt_len=args.prompt_len, gen_len=args.gen_len, batch_size=args.batch_size,
                          device=args.device, threads=args.threads, measure_memory=not args.no_memory, report=not args.no_report,
-                         progress=not args.quiet)
-    results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
-                       resume=args.resume, options=options)
+                         load=args.load, load_requests=args.load_requests, load_time_limit=args.load_time_limit,
+                         progress=not args.quiet, request_rate=args.request_rate, concurrency=args.concurrency)
+    if args.lm_eval_tasks is not None:
+        options.lm_eval_tasks = [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()]
+    options.lm_eval_limit, options.lm_eval_include = args.lm_eval_limit, list(args.lm_eval_include)
+    tracker = None
+    if args.track:
+        from planner.track import parse_tracker
+
+        tracker = parse_tracker(args.track)  # InputError (unknown tracker, mlflow missing) before any work
+    policy = None
+    if args.gate:
+        from planner.gate import load_policy
+
+        policy = load_policy(args.gate)  # a bad policy fails before any work
+    try:
+        results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
+                           resume=args.resume, options=options)
+    except RunIncomplete as exc:  # results.json written, report.html not: still log what was measured
+        if tracker is not None and getattr(exc, "results", None) is not None:
+            from planner.track import track_run
+
+            track_run(tracker, exc.results)
+        raise
+    gate_report = None
+    if policy is not None:
+        from planner.gate import check_gate
+
+        results_file = f"{results.provenance.run_dir}/results.json"
+        gate_report = check_gate(results, policy, results_path=results_file, policy_path=str(args.gate))
+    if tracker is not None:
+        from planner.track import track_run
+
+        tracked = track_run(tracker, results, gate=gate_report)
+        if not args.quiet:
+            from planner.cli._out import err_console, escape
+
+            err_console().print(escape(f"tracked: {tracked}"))
     calibrated = _calibrate(results)
     learned = _learn_recovery(results)
     if args.json:
@@ -90,6 +160,9 @@ def run(args) -> int:
     elif not args.quiet:
         print_summary(results)
         print_predicted_vs_measured(results)
+        print_load(results)
+        _print_quality_vs_prediction(results)
+        _print_lm_eval(results)
         if calibrated:
             from planner.cli._out import console, escape
 
@@ -103,7 +176,40 @@ def run(args) -> int:
             _console().print(_escape(f"recovery factor of {m.variant} ({m.method}, {m.steps} steps): "
                                    f"{m.factor:.2f} measured (one-shot ppl {m.ppl_one_shot:.2f} -> {m.ppl_after:.2f} "
                                    f"after, dense {m.ppl_dense:.2f}); later plans predict with it"))
+    if gate_report is not None:
+        from planner.errors import GateFailed
+        from planner.gate import verdict_line
+
+        if not args.quiet and not args.json:
+            from planner.cli._out import console
+            from planner.gate.summary import print_table
+
+            print_table(gate_report, console())
+        if not gate_report.passed:
+            raise GateFailed(verdict_line(gate_report).removeprefix("FAIL: "))
     return 0
+
+
+def _print_quality_vs_prediction(results) -> None:
+    """The plan's predicted perplexity increase beside the measured one, and recoveries a time limit cut short."""
+    from planner.cli._out import console, escape
+    from planner.run.compare import quality_vs_prediction
+
+    con = console()
+    for q in quality_vs_prediction(results):
+        def pct(x):
+            return "—" if x is None else f"{x:+.1%}"
+
+        warn = f"; over twice the {q.budget:.0%} budget" if q.over_twice_budget else ""
+        con.print(escape(f"quality of {q.variant}: predicted {pct(q.predicted)} after {q.recovery} (probe one-shot "
+                         f"{pct(q.probe_one_shot)}), measured {pct(q.measured)}"
+                         + (f" (one-shot {pct(q.run_one_shot)})" if q.run_one_shot is not None else "")
+                         + (f", error {q.error:+.0%}" if q.error is not None else "") + warn))
+    for v in results.variants:
+        r = v.recovery
+        if r is not None and r.stopped_by in ("guard_minutes", "max_minutes") and r.steps < r.spec.max_steps:
+            con.print(escape(f"warning: recovery of {v.name} stopped by the time limit after {r.steps} of "
+                             f"{r.spec.max_steps} planned steps ({r.stopped_by}): not the plan's recovered model"))
 
 
 def _learn_recovery(results) -> list:
@@ -153,6 +259,35 @@ def print_predicted_vs_measured(results) -> None:
     console().print(table)
 
 
+def print_load(results) -> None:
+    """`--load`: each variant's latency under traffic, measured on this machine, beside the plan's projection."""
+    from rich.table import Table
+
+    from planner.cli._out import console, escape
+
+    load = getattr(results, "load", None)
+    if load is None:
+        return
+    table = Table(title=escape(f"under Poisson traffic, measured on {load.measured_on} ({load.runtime}, static "
+                               f"batches of up to {load.max_batch}, {load.prompt_len}+{load.gen_len} tokens)"),
+                  title_justify="left")
+    for col in ("rate req/s", "variant", "requests", "p50 ms", "p95 ms", "p99 ms", "TTFT p95", "TPOT p50",
+                "achieved req/s"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for p in load.points:
+        table.add_row(f"{p.rate:.3g}", escape(p.variant), f"{len(p.e2e_samples_ms)}" + ("" if p.complete else " *"),
+                      _fmt(p.p50_ms, digits=0), _fmt(p.p95_ms, digits=0), _fmt(p.p99_ms, digits=0),
+                      _fmt(p.ttft_p95_ms, digits=0), _fmt(p.tpot_p50_ms, digits=1), _fmt(p.achieved_rps, digits=3))
+    out = console()
+    out.print(table)
+    caps = ", ".join(f"{k} {v:.3g} req/s" for k, v in load.capacity_rps.items())
+    out.print(escape(f"measured capacity (saturated server): {caps}"))
+    for p in load.points:
+        if p.note:
+            out.print(escape(f"* {p.variant} at {p.rate:g} req/s: {p.note}"))
+            break
+
+
 def _fmt(value, unit: str = "", digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -191,3 +326,34 @@ def print_summary(results) -> None:
         measured = f"{row.measured:.2f}x measured on {escape(device)}" if row.measured else "-"
         out.print(f"{escape(row.variant)}: {row.goal} ({row.metric}) predicted {predicted}; {measured}")
     out.print(f"results: {escape(results.provenance.run_dir)}/results.json")
+
+
+def _print_lm_eval(results) -> None:
+    """--lm-eval-tasks: each task's primary score, dense beside every candidate, with its standard error."""
+    scored = [v for v in results.variants if v.lm_eval is not None]
+    if not scored:
+        return
+    from rich.table import Table
+
+    from planner.cli._out import console, escape
+
+    dense = results.dense.lm_eval if results.dense is not None else None
+    first = scored[0].lm_eval
+    table = Table(title=f"lm-evaluation-harness {first.lm_eval_version} ({first.backend} backend, "
+                        f"{'all' if first.limit is None else first.limit} documents per task; ± standard error)",
+                  title_justify="left")
+    table.add_column("task")
+    table.add_column("metric")
+    for v in scored:
+        table.add_column(escape(v.name), justify="right")
+    for task in sorted(first.tasks):
+        score = first.tasks[task]
+        row = [escape(task), escape(score.primary)]
+        for v in scored:
+            s = v.lm_eval.tasks.get(task)
+            text = "—" if s is None else f"{s.value:.3f}" + (f" ± {s.stderr:.3f}" if s.stderr is not None else "")
+            if s is not None and dense is not None and v.role != "dense" and task in dense.tasks:
+                text += f" ({s.value - dense.tasks[task].value:+.3f})"
+            row.append(text)
+        table.add_row(*row)
+    console().print(table)

@@ -109,6 +109,14 @@ _FACT_LIST = [
     _f("gen_len", "number", "--gen-len", "generated tokens per request"),
     _f("batch_size", "number", "--batch-size", "sequences per forward pass"),
     _f("concurrency", "number", "--concurrency", "requests in flight"),
+    _f("request_rate", "number", "--request-rate", "requests per second, Poisson arrivals (absent: no rate given)"),
+    _f("traffic_batch", "number", "traffic",
+       "sequences per decode step the traffic produces under the runtime's scheduler (planner.perf.traffic; "
+       "without traffic: the workload's decode batch)"),
+    _f("capacity_rps", "number", "traffic",
+       "request rate at which the dense model's projected p95 reaches the target (absent: no traffic)"),
+    _f("meets_p95_target", "bool", "traffic",
+       "the dense model's projected p95 under the traffic is within the target of the goal (absent: no target)"),
     _f("queueing_ms", "number", "workload", "queueing time per request, ms"),
     _f("tokenization_ms", "number", "workload", "tokenization time per request, ms"),
     _f("network_ms", "number", "workload", "network time per request, ms"),
@@ -230,6 +238,8 @@ def context_facts(*, goal: Goal, gpu, workload, budget, shape=None, params: int 
         "tokenization_ms": workload.tokenization_ms,
         "network_ms": workload.network_ms,
         "non_model_ms": workload.non_model_ms,
+        "request_rate": getattr(workload, "request_rate", None),
+        "traffic_batch": float(workload.batch_size),  # the traffic's figure replaces it (decide.engine)
         "params_m": None if params is None else params / 1e6,
     }
     if shape is not None:

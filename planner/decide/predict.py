@@ -130,6 +130,9 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
     request_ms = float(est.request_ms)
     p_ms = request_ms + workload.non_model_ms
     tokens_per_s = float(est.tokens_per_s) if est.tokens_per_s else None
+    traffic = _traffic(estimator, new_shape, sparse, serving, workload, gpu, notes)
+    if traffic:  # percentiles and throughput under the workload's traffic (planner.perf.traffic)
+        tokens_per_s = traffic["tokens_per_s"]
     usd = None
     if gpu.price is not None and tokens_per_s:
         usd = gpu.price.usd_per_hour * per_gpu / (tokens_per_s * 3600.0) * 1e6
@@ -137,6 +140,7 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
         "prefill_ms": float(est.prefill_ms), "decode_ms_per_token": float(est.decode_ms_per_token),
         "ttft_ms": float(est.ttft_ms), "tpot_ms": float(est.tpot_ms), "request_ms": request_ms,
         "p50_ms": p_ms, "p95_ms": p_ms, "p99_ms": p_ms, "tokens_per_s": tokens_per_s,
+        **traffic,
         "usd_per_million_tokens": usd,
         "gpu_hours_per_million_tokens": per_gpu * 1e6 / (tokens_per_s * 3600.0) if tokens_per_s else None,
         "weight_bytes": runtime_weights, "kv_cache_bytes": kv_bytes,
@@ -144,6 +148,23 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
         "file_bytes": file_bytes, "kv_bytes_per_token": kv_per_token, "kv_tokens": kv_tokens,
     }
     return out, notes
+
+
+def _traffic(estimator, shape, sparse: bool, serving: dict, workload, gpu, notes: list[str]) -> dict:
+    """The figures under the workload's traffic (request rate, trace or concurrency > 1), {} without traffic."""
+    from planner.perf.runtimes import get_runtime
+    from planner.perf.traffic import has_traffic, traffic_figures
+
+    if not has_traffic(workload):
+        return {}
+
+    def project(wl):
+        return estimator(shape, wl, gpu, sparse_2to4=sparse, **serving)
+
+    figures, traffic_notes = traffic_figures(project, workload, get_runtime(workload.runtime) if workload.runtime
+                                             else None)
+    notes += traffic_notes
+    return figures
 
 
 def _format_note(est, scheme: str, workload) -> str:

@@ -117,6 +117,45 @@ def _slice_rows(check, variant, threshold, op, field, unit, subject) -> list[Gat
     return rows
 
 
+def _task_rows(check, variant, dense, threshold) -> list[GateRow]:
+    """lm-eval task rows: the task's primary score (min_task_score), or its loss against dense (max_task_drop,
+    in the metric's units; for a lower-is-better metric the loss is the increase)."""
+    scores = variant.lm_eval.tasks if variant.lm_eval is not None else {}
+    dense_scores = dense.lm_eval.tasks if dense is not None and dense.lm_eval is not None else {}
+    wanted = per_slice(threshold)
+    named = [t for t in wanted if t != ALL_SLICES]
+    tasks = named + ([t for t in sorted(scores) if t not in named] if ALL_SLICES in wanted else [])
+    source = (f"lm-evaluation-harness {variant.lm_eval.lm_eval_version}" if variant.lm_eval is not None
+              else "lm-evaluation-harness")
+    rows = []
+    if not tasks:
+        return [_row(check, variant.name, "lm-eval task score, every task", ">=" if check == "min_task_score"
+                     else "<=", wanted[ALL_SLICES], None, slice=ALL_SLICES, source=source,
+                     note="the results hold no lm-eval task scores for this variant (run with --lm-eval-tasks)")]
+    for task in tasks:
+        limit = wanted.get(task, wanted.get(ALL_SLICES))
+        score = scores.get(task)
+        note = "" if score is not None else (f"task {task!r} is not in the results (have: "
+                                             f"{', '.join(sorted(scores)) or 'none'})")
+        if check == "min_task_score":
+            better = score.higher_is_better if score is not None else True
+            subject = f"lm-eval {task}" + (f" {score.primary}" if score is not None else "")
+            if score is not None and score.stderr is not None:
+                subject += f" (± {score.stderr:.3f} standard error)"
+            rows.append(_row(check, variant.name, subject, ">=" if better else "<=", limit,
+                             score.value if score is not None else None, source=source, slice=task, note=note))
+            continue
+        base = dense_scores.get(task)
+        drop = None
+        if score is not None and base is not None:
+            drop = base.value - score.value if score.higher_is_better else score.value - base.value
+        elif score is not None:
+            note = f"dense has no score for task {task!r}"
+        subject = f"lm-eval {task}" + (f" {score.primary}" if score is not None else "") + " lost against dense"
+        rows.append(_row(check, variant.name, subject, "<=", limit, drop, source=source, slice=task, note=note))
+    return rows
+
+
 def check_variant(results, variant, policy: GatePolicy) -> list[GateRow]:
     dense = results.dense
     device = results.provenance.device
@@ -157,6 +196,10 @@ def check_variant(results, variant, policy: GatePolicy) -> list[GateRow]:
                   else "safetensors files")
         rows.append(_row("max_checkpoint_gb", name, "checkpoint size on disk", "<=", policy.max_checkpoint_gb,
                          size / 1e9 if size is not None else None, unit="GB", source=source))
+    if policy.min_task_score is not None:
+        rows += _task_rows("min_task_score", variant, None, policy.min_task_score)
+    if policy.max_task_drop is not None:
+        rows += _task_rows("max_task_drop", variant, dense, policy.max_task_drop)
     if policy.require_device is not None:
         ok = device.kind == policy.require_device
         rows.append(GateRow(check="require_device", variant=name, subject="device the figures were measured on",

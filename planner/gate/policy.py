@@ -13,6 +13,10 @@ min_top1_agreement:          # agreement with the dense teacher per slice; a num
   code: 0.80
 min_speedup: 1.10            # measured speedup of the plan's goal metric over dense
 max_peak_memory_gb: 4.0      # measured peak memory of the variant
+min_task_score:              # lm-eval task scores (plan run --lm-eval-tasks): the task's primary metric
+  planner_next_line: 0.50
+max_task_drop:               # at most this far below dense on the primary metric, per task ("*" = every task)
+  "*": 0.05
 ```
 
 Every threshold is optional, and one left out is not checked; but a threshold that is set and whose figure is
@@ -48,8 +52,12 @@ class GatePolicy(BaseModel):
     max_checkpoint_gb: float | None = Field(None, gt=0, description="checkpoint size on disk, GB (1e9 bytes)")
     require_device: Literal["cpu", "cuda"] | None = Field(
         None, description="the kind of device the figures must have been measured on")
+    min_task_score: SliceThreshold | None = Field(
+        None, description="lm-eval task score (the task's primary metric) per task name or \"*\"")
+    max_task_drop: SliceThreshold | None = Field(
+        None, description="lm-eval task score lost against dense, in the metric's units, per task name or \"*\"")
 
-    @field_validator("max_kl", "min_top1_agreement", "min_exact_match")
+    @field_validator("max_kl", "min_top1_agreement", "min_exact_match", "min_task_score", "max_task_drop")
     @classmethod
     def _slice_threshold(cls, value, info):
         if value is None:
@@ -57,7 +65,7 @@ class GatePolicy(BaseModel):
         items = value.items() if isinstance(value, dict) else [(ALL_SLICES, value)]
         if isinstance(value, dict) and not value:
             raise ValueError("give at least one slice (or \"*\" for every slice)")
-        upper = None if info.field_name == "max_kl" else 1.0
+        upper = None if info.field_name in ("max_kl", "min_task_score", "max_task_drop") else 1.0
         for name, threshold in items:
             if threshold < 0 or (upper is not None and threshold > upper):
                 accepted = "a number >= 0" if upper is None else "a fraction between 0 and 1"
@@ -78,7 +86,7 @@ class GatePolicy(BaseModel):
 
 
 THRESHOLD_FIELDS = ("max_ppl_increase", "max_kl", "min_top1_agreement", "min_exact_match", "min_speedup",
-                    "max_peak_memory_gb", "max_checkpoint_gb", "require_device")
+                    "max_peak_memory_gb", "max_checkpoint_gb", "require_device", "min_task_score", "max_task_drop")
 
 
 def per_slice(threshold: SliceThreshold) -> dict[str, float]:

@@ -150,3 +150,45 @@ def calibrate_from_results(results, results_path: str) -> dict:
                                       "predicted_ttft_ms": predicted["ttft_ms"],
                                       "predicted_tpot_ms": predicted["tpot_ms"]})
     return {"key": key, "step_ms": step_ms, "request_ms": request_ms, "path": str(path), "source": source}
+
+
+# -- a GPU's figures, from bench/gpu_check.py ------------------------------------------------------------------
+
+
+def fit_host_times(rates: dict, *, predicted_ttft_ms: float, predicted_tpot_ms: float, measured_ttft_ms: float,
+                   measured_tpot_ms: float) -> tuple[float, float]:
+    """(step_ms, request_ms) that make the serving model reproduce a measured TTFT and TPOT: the per-token error goes
+    to the per-step host time, what is left of the first-token error to the per-request time (as for the CPU)."""
+    step_ms = max(0.0, rates["step_ms"] + measured_tpot_ms - predicted_tpot_ms)
+    first_token_delta = measured_ttft_ms - predicted_ttft_ms - (step_ms - rates["step_ms"])
+    request_ms = max(0.0, rates.get("request_ms", 0.0) + first_token_delta)
+    return step_ms, request_ms
+
+
+def gpu_key(*, gpu: str, runtime: str, dtype: str) -> dict:
+    """The store key of a catalog GPU's figures measured by bench/gpu_check.py (any host with that GPU)."""
+    return {"host": "gpu", "device": gpu, "threads": None, "runtime": runtime, "dtype": dtype}
+
+
+def save_gpu_calibration(*, gpu: str, runtime: str, dtype: str, step_ms: float, request_ms: float, source: str,
+                         evidence: dict) -> Path:
+    return save_calibration(gpu_key(gpu=gpu, runtime=runtime, dtype=dtype), step_ms=step_ms, request_ms=request_ms,
+                            source=source, evidence=evidence)
+
+
+def calibrated_gpu_rates(gpu, workload) -> Rates | None:
+    """The runtime profile's rates for a catalog GPU with the per-step and per-request host time measured on that GPU
+    by bench/gpu_check.py, or None when none was stored (or the target is the local host)."""
+    from planner.perf.runtimes import resolve_runtime
+    from planner.perf.serving import rates_from_profile
+
+    if gpu.measured_local or not getattr(workload, "runtime", None):
+        return None
+    runtime = resolve_runtime(workload.runtime, gpu)
+    stored = load_calibration(gpu_key(gpu=gpu.id, runtime=runtime.id, dtype=workload.dtype))
+    if stored is None:
+        return None
+    rates = rates_from_profile(runtime, gpu)
+    return rates.model_copy(update={"step_ms": stored["step_ms"], "request_ms": stored["request_ms"],
+                                    "source": f"{rates.source}; per-step and per-request host time measured on "
+                                              f"{gpu.id} by {stored['source']}"})

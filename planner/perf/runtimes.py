@@ -81,6 +81,8 @@ class RuntimeProfile(BaseModel):
     targets: list[Target] = Field(min_length=1)
     cuda_graphs: bool
     continuous_batching: bool = False
+    max_num_seqs: int | None = Field(None, ge=1, description="most sequences a continuous-batching step holds "
+                                                            "(planner.perf.traffic)")
     host_ms_per_layer: float = Field(ge=0)
     host_ms_fixed: float = Field(0.0, ge=0)
     step_ms: float = Field(ge=0)

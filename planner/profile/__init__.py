@@ -59,7 +59,9 @@ def _project(shape, workload, gpu, measured=None, device: str = "cpu") -> Roofli
     from planner.profile.peaks import measure_local_peaks
 
     if not gpu.measured_local:
-        return estimate(shape, workload, gpu)
+        from planner.perf.calibration import calibrated_gpu_rates
+
+        return estimate(shape, workload, gpu, rates=calibrated_gpu_rates(gpu, workload))  # None: the profile's
     if workload.dtype not in LOCAL_DTYPES:
         raise InputError(f"target {gpu.id!r} runs the model through torch; dtype {workload.dtype!r} is not "
                          f"supported there (accepted: {', '.join(LOCAL_DTYPES)})")
@@ -261,6 +263,11 @@ def cache_key(model_spec: str | None, gpu, workload, *, measure: bool = True, de
         "decode_steps": decode_steps, "repeats": repeats, "device": pick_device(device),
         "threads": threads or torch.get_num_threads(),
     }
+    from planner.perf.calibration import calibrated_gpu_rates
+
+    calibrated = calibrated_gpu_rates(_gpu_spec(gpu), workload)  # figures measured on that GPU: a new projection
+    if calibrated is not None:
+        parts["gpu_calibration"] = [calibrated.step_ms, calibrated.request_ms, calibrated.source]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 

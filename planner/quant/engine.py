@@ -338,3 +338,16 @@ def load_quantized(folder: str | Path, *, dtype: str = "fp32", device: str = "cp
         raise InputError(f"{str(folder)!r} is not a torchao-quantized checkpoint (its config.json has no "
                          "quantization_config with quant_method 'torchao'); export one with export_quantized")
     return load_model(str(folder), dtype=dtype, device=device)
+
+
+def is_quantized_checkpoint(folder) -> bool:
+    """Whether the checkpoint folder holds a torchao-quantized export (its config.json says so)."""
+    import json
+    from pathlib import Path
+
+    config = Path(folder) / "config.json"
+    try:
+        raw = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return (raw.get("quantization_config") or {}).get("quant_method") == "torchao"

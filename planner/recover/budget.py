@@ -155,6 +155,6 @@ def plan_budget(params: int, *, device: str, flops_per_second: float | None, bat
         basis += (f"; time projected from the measured GEMM rate x {TRAIN_EFFICIENCY:g} "
                   f"({TRAIN_FLOPS_PER_TOKEN}N FLOPs per token), a guard stops a run at {guard:.0f} min")
     return RecoveryBudget(steps=steps, tokens=steps * per_step, tokens_per_step=per_step,
-                          guard_minutes=round(guard, 2), estimated_minutes=None if estimated is None else round(estimated, 2),
+                          guard_minutes=round(guard, 2), estimated_minutes=estimated,
                           device=device, model_scaled_tokens=scaled, allowance_minutes=allowance_minutes,
                           bound_by=bound, basis=basis)

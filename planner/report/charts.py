@@ -301,3 +301,30 @@ def loss_curve_svg(curves: dict[str, Sequence[tuple[float, float]]], *, ylabel: 
     ax.set_ylabel(_label(ylabel))
     ax.legend(loc="upper right")
     return _to_svg(fig, "Recovery loss curve")
+
+
+@_chart
+def latency_vs_rate_svg(series: dict[str, Sequence[tuple[float, float | None, float | None]]], *,
+                        measured_label: str, projected: dict[str, Sequence[tuple[float, float]]] | None = None) -> str:
+    """p95 (solid, filled markers) and p50 (dotted) latency against the offered request rate, one colour per variant;
+    `projected` adds each variant's projected p95 as hollow markers. series: name -> [(rate, p50 ms, p95 ms)]."""
+    fig, ax = _figure(6.4, 3.2, left=0.8, top=0.55)
+    for k, (name, points) in enumerate(series.items()):
+        color = DENSE_COLOR if k == 0 else PALETTE[(k - 1) % len(PALETTE)]
+        pts = sorted(p for p in points if p[2] is not None)
+        if not pts:
+            continue
+        rates = [p[0] for p in pts]
+        ax.plot(rates, [p[2] for p in pts], color=color, marker="o", linewidth=1.5,
+                label=_label(f"{name}: p95 ({measured_label})", 70))
+        ax.plot(rates, [p[1] for p in pts], color=color, linestyle=":", linewidth=1.1, label=_label(f"{name}: p50", 70))
+        for rate, value in (projected or {}).get(name, ()):
+            ax.plot([rate], [value], linestyle="none", marker="D", markerfacecolor="none", markeredgecolor=color)
+    if projected:
+        ax.plot([], [], linestyle="none", marker="D", markerfacecolor="none", markeredgecolor="#111827",
+                label="p95 projected by the plan")
+    ax.set_xlabel("offered request rate, requests/s (Poisson)")
+    ax.set_ylabel("end-to-end latency, ms")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2)
+    return _to_svg(fig, "Latency against request rate, per variant")

@@ -203,7 +203,26 @@ def result_charts(results, rows) -> dict[str, Markup | None]:
     curves = {v.name: [(p.step, p.loss) for p in v.recovery.loss_curve]
               for v in results.variants if v.recovery is not None and v.recovery.loss_curve}
     loss = Markup(charts.loss_curve_svg(curves)) if curves else None
-    return {"quality_latency": scatter, "speedup": speed, "loss": loss}
+    return {"quality_latency": scatter, "speedup": speed, "loss": loss, "load": _load_chart(results, measured_on)}
+
+
+def _load_chart(results, measured_on: str) -> Markup | None:
+    """`plan run --load`: p50 and p95 against the offered rate per variant, measured; the plan's projection at its
+    own request rate where it made one for this host."""
+    load = getattr(results, "load", None)
+    if load is None or not load.points:
+        return None
+    series: dict[str, list] = {}
+    for p in load.points:
+        series.setdefault(p.variant, []).append((p.rate, p.p50_ms, p.p95_ms))
+    projected: dict[str, list] = {}
+    plan = results.plan
+    if plan.gpu == "cpu" and plan.workload.request_rate:
+        named = {"dense": plan.dense_predicted, **{c.name: c.predicted for c in plan.candidates}}
+        for name, figures in named.items():
+            if figures and figures.get("p95_ms") is not None and figures.get("traffic_batch") is not None:
+                projected[name] = [(plan.workload.request_rate, figures["p95_ms"])]
+    return Markup(charts.latency_vs_rate_svg(series, measured_label=measured_on, projected=projected or None))
 
 
 def recovery_rows(results) -> list[dict[str, Any]]:
@@ -215,7 +234,8 @@ def recovery_rows(results) -> list[dict[str, Any]]:
         rows.append({"variant": v.name, "method": describe_recovery(r.spec), "steps": r.steps, "tokens": r.tokens,
                      "seconds": r.seconds, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
                      "final_loss": r.loss_curve[-1].loss if r.loss_curve else None, "stopped_by": r.stopped_by,
-                     "lr": r.spec.lr, "max_minutes": r.spec.max_minutes})
+                     "lr": r.spec.lr, "max_minutes": r.spec.max_minutes, "planned_steps": r.spec.max_steps,
+                     "cut_short": r.stopped_by in ("guard_minutes", "max_minutes") and r.steps < r.spec.max_steps})
     return rows
 
 
@@ -227,6 +247,24 @@ def _budget(plan) -> tuple[float, str]:
     if value is not None:
         return float(value), "the plan's quality budget"
     return QualityBudget().max_ppl_increase, "default quality budget"
+
+
+def lm_eval_rows(results) -> list[dict[str, Any]]:
+    """--lm-eval-tasks: one row per variant and task, with the primary metric, its standard error and the change
+    against dense."""
+    dense = results.dense.lm_eval if results.dense is not None else None
+    rows = []
+    for v in results.variants:
+        if v.lm_eval is None:
+            continue
+        for task, score in sorted(v.lm_eval.tasks.items()):
+            base = dense.tasks.get(task) if dense is not None and v.role != "dense" else None
+            rows.append({"variant": v.name, "dense": v.role == "dense", "task": task, "metric": score.primary,
+                         "value": score.value, "stderr": score.stderr, "samples": score.samples,
+                         "delta": score.value - base.value if base is not None else None,
+                         "higher_is_better": score.higher_is_better, "version": v.lm_eval.lm_eval_version,
+                         "backend": v.lm_eval.backend, "limit": v.lm_eval.limit})
+    return rows
 
 
 def build_context(results, profile=None, plan=None, problems: dict[str, str] | None = None) -> dict[str, Any]:
@@ -253,6 +291,7 @@ def build_context(results, profile=None, plan=None, problems: dict[str, str] | N
         "budget": budget,
         "rows": rows,
         "slices": slice_rows(results),
+        "lm_eval": lm_eval_rows(results),
         "recovery": recovery_rows(results),
         "charts": result_charts(results, rows),
         "profile": profile_view(profile, results, problem=(problems or {}).get("profile.json")),
@@ -262,7 +301,14 @@ def build_context(results, profile=None, plan=None, problems: dict[str, str] | N
                                 if r["latency"] is not None and r["latency"].peak_memory_kind}),
         "fmt_metric": fmt_metric,
         "predicted_vs_measured": _predicted_vs_measured(results),
+        "quality_vs_prediction": _quality_vs_prediction(results, plan),
     }
+
+
+def _quality_vs_prediction(results, plan) -> list:
+    from planner.run.compare import quality_vs_prediction
+
+    return quality_vs_prediction(results, plan if hasattr(plan, "candidates") else None)
 
 
 def _predicted_vs_measured(results) -> dict[str, Any]:

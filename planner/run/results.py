@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from planner.documents import write_atomic
-from planner.decide.plan import ShardSpec
+from planner.decide.plan import QualityEstimate, ShardSpec
 from planner.prune.specs import PruneSpec
 from planner.quant.specs import QuantSpec
 from planner.recover.specs import RecoverySpec
@@ -140,6 +140,7 @@ class CandidateSummary(_Doc):
     predicted_goal: float | None = None  # the goal figure, projected to `projected_to`
     predicted_speedup: float | None = None  # of the goal metric, x times better than dense
     predicted: dict[str, float | None] = Field(default_factory=dict)  # other predicted metrics, by name
+    quality: QualityEstimate | None = None  # the plan's probe: one-shot measured, after recovery predicted
 
 
 class PlanSummary(_Doc):
@@ -151,6 +152,7 @@ class PlanSummary(_Doc):
     candidates: list[CandidateSummary] = Field(default_factory=list)
     dense_predicted: dict[str, float | None] = Field(default_factory=dict)  # the plan's dense projection
     dense_rates: dict[str, Any] | None = None  # the serving model's rates behind it (planner.perf.serving.Rates)
+    max_ppl_increase: float | None = None  # the plan's quality budget
 
 
 # -- one variant: dense or pruned ---------------------------------------------------------------------------
@@ -244,6 +246,34 @@ class Quality(_Doc):
 Millis = Annotated[float, Field(ge=0)]  # a measured duration
 
 
+class SparseKernels(_Doc):
+    """How a 2:4 variant was served (planner.prune.masked.runtime.semi_structured_plan): the linears converted to
+    semi-structured sparse tensors, the others with why not, and `fallback` when the model ran on dense kernels."""
+
+    format: str = "2:4"
+    device: str = ""  # the device or GPU name the decision was made for
+    dtype: str = ""
+    backend: str | None = None  # "cusparselt" or "cutlass"; None when nothing ran on sparse kernels
+    converted: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)  # layer -> why it stayed dense
+    fallback: str | None = None  # why the model ran on dense kernels (None: converted layers used sparse kernels)
+
+
+class VllmBenchInfo(_Doc):
+    """What vLLM's own serving benchmark (`vllm bench serve`) reported for this variant (planner.vllm_bench)."""
+
+    vllm_version: str | None = None
+    command: str = ""
+    num_prompts: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    request_rate: float | None = None  # requests/s; None: all at once
+    max_concurrency: int | None = None
+    duration_s: float = Field(ge=0)
+    request_throughput: float = Field(ge=0)  # requests/s
+    output_throughput: float = Field(ge=0)  # generated tokens/s
+    percentiles: dict[str, dict[str, float]] = Field(default_factory=dict)  # ttft/tpot/itl/e2el -> mean/p50/p95/p99 ms
+
+
 class Latency(_Doc):
     """Timed requests in the real runtime. Percentiles are computed over the recorded samples."""
 
@@ -259,6 +289,8 @@ class Latency(_Doc):
     tpot_samples_ms: list[Millis] = Field(default_factory=list)  # (end - first token) / (gen_len - 1)
     peak_memory_bytes: int | None = Field(None, ge=0)
     peak_memory_kind: str | None = None  # "process-peak-rss" (CPU), "cuda-max-allocated"
+    sparse_kernels: SparseKernels | None = None  # 2:4 variants: which layers ran on sparse kernels, or why none did
+    vllm_bench: VllmBenchInfo | None = None  # --runtime vllm: vLLM's own figures and version
 
     @computed_field
     @property
@@ -313,6 +345,107 @@ class Latency(_Doc):
         return self.batch_size * self.gen_len * len(self.samples_ms) / (total_ms / 1000) if total_ms else None
 
 
+class LoadPoint(_Doc):
+    """One variant at one offered request rate (`plan run --load`): every request timed from its arrival."""
+
+    rate: float = Field(gt=0)  # offered, requests/s (Poisson)
+    variant: str
+    windows: list[list[float]] = Field(default_factory=list)  # each window's arrival offsets, s (same for variants)
+    e2e_samples_ms: list[Millis]
+    ttft_samples_ms: list[Millis] = Field(default_factory=list)
+    tpot_samples_ms: list[Millis] = Field(default_factory=list)
+    service_samples_ms: list[Millis] = Field(default_factory=list)  # from its batch's start to its last token
+    busy_s: float = Field(ge=0)  # sum over windows of first arrival -> last response
+    complete: bool = True  # False: stopped by the time limit (the samples are the requests that finished)
+    note: str = ""
+
+    @computed_field
+    @property
+    def p50_ms(self) -> float | None:
+        return percentile(self.e2e_samples_ms, 50)
+
+    @computed_field
+    @property
+    def p95_ms(self) -> float | None:
+        return percentile(self.e2e_samples_ms, 95)
+
+    @computed_field
+    @property
+    def p99_ms(self) -> float | None:
+        return percentile(self.e2e_samples_ms, 99)
+
+    @computed_field
+    @property
+    def ttft_p95_ms(self) -> float | None:
+        return percentile(self.ttft_samples_ms, 95)
+
+    @computed_field
+    @property
+    def tpot_p50_ms(self) -> float | None:
+        return percentile(self.tpot_samples_ms, 50)
+
+    @computed_field
+    @property
+    def achieved_rps(self) -> float | None:
+        """Requests completed per second of window time."""
+        return len(self.e2e_samples_ms) / self.busy_s if self.busy_s else None
+
+
+class LoadResults(_Doc):
+    """`plan run --load`: Poisson traffic to the model served in-process (planner.run.load), per variant and rate."""
+
+    measured_on: str
+    runtime: str  # the server's batching policy follows this runtime's profile (hf-eager: static batches)
+    dtype: str
+    prompt_len: int = Field(ge=1)
+    gen_len: int = Field(ge=1)
+    max_batch: int = Field(ge=1)
+    seed: int
+    requests_per_window: int = Field(ge=1)
+    windows_per_rate: int = Field(ge=1)
+    time_limit_s: float = Field(gt=0)
+    capacity_rps: dict[str, float]  # measured: requests/s a saturated server completes, per variant
+    isolated_ms: dict[str, float]  # measured: one request alone, per variant
+    rates: list[float]
+    points: list[LoadPoint]
+
+
+class TaskMetric(_Doc):
+    """One lm-eval metric of a task: its value and standard error (None where lm-eval gives none)."""
+
+    value: float
+    stderr: float | None = None
+
+
+class TaskScore(_Doc):
+    """One lm-eval task's metrics; `primary` is the one the report and the gate read."""
+
+    metrics: dict[str, TaskMetric]  # "acc", "acc_norm", "exact_match,first_word" (metric,filter) ...
+    primary: str
+    higher_is_better: bool = True
+    samples: int = Field(ge=0)  # documents scored (--lm-eval-limit caps it)
+    version: str | None = None  # the task's own version
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary].value
+
+    @property
+    def stderr(self) -> float | None:
+        return self.metrics[self.primary].stderr
+
+
+class LmEvalScores(_Doc):
+    """lm-evaluation-harness task scores of one variant (`plan run --lm-eval-tasks`)."""
+
+    lm_eval_version: str
+    backend: Literal["hf", "vllm"] = "hf"
+    limit: int | None = None
+    num_fewshot: int = 0
+    tasks: dict[str, TaskScore] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
 class Variant(_Doc):
     name: str  # "dense", "candidate-1", ...
     role: Literal["dense", "pruned"]  # "pruned": any candidate (pruned, quantized, or both), beside the dense baseline
@@ -324,6 +457,7 @@ class Variant(_Doc):
     quantization: QuantizationInfo | None = None
     quality: Quality | None = None
     latency: Latency | None = None
+    lm_eval: LmEvalScores | None = None  # --lm-eval-tasks: lm-evaluation-harness task scores
 
     def goal_value(self, metric: str) -> float | None:
         """The measured figure a goal is judged on (planner.goals), None where it was not measured."""
@@ -356,6 +490,7 @@ class Results(_Doc):
     plan: PlanSummary
     variants: list[Variant]
     stages: list[StageTiming] = Field(default_factory=list)
+    load: LoadResults | None = None  # `plan run --load`: latency under traffic, per variant and request rate
 
     @model_validator(mode="after")
     def _check(self) -> "Results":

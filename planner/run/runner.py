@@ -28,6 +28,9 @@ from planner.run.stages import (LatencyOutput, PruneOutput, QuantizeOutput, Reco
                                 TeacherOutput, run_latency, run_prune, run_quality, run_quantize, run_recover,
                                 run_teacher)
 
+from planner.run.results import LmEvalScores
+from planner.run.stages import run_lm_eval
+
 Output = TypeVar("Output", bound=BaseModel)
 
 
@@ -91,6 +94,7 @@ class Runner:
         self.manifest = manifest
         self.device = device
         self.timings: list[StageTiming] = []
+        self.lm_eval: dict[int | str, LmEvalScores] = {}  # --lm-eval-tasks: "dense" or a candidate's rank -> scores
         self.model_spec = plan_model_spec(plan)
         self.inputs = RunInputs(plan, folder, options, device, self.model_spec)
 
@@ -223,11 +227,17 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
         if have < need:  # fail before hours of work, not in the middle
             raise InputError(f"--eval-text {', '.join(runner.opt.eval_text)} has {have} tokens; perplexity needs "
                              f"at least one window of {need} (use more text or a smaller --ppl-seq-len)")
-    total = 3 + 3 * len(cands) + sum(1 for c in cands if c.quantize is not None)
+    total = 3 + 3 * len(cands) + sum(1 for c in cands if c.quantize is not None) + (1 if runner.opt.load else 0)
+    if runner.opt.lm_eval_tasks:
+        total += 1 + len(cands)  # lm-eval:dense and lm-eval:<rank>
     n = iter(range(1, total + 1))
     teacher = runner.stage("teacher", lambda: run_teacher(inputs), TeacherOutput, next(n), total)
     dense_quality = runner.stage("quality:dense", lambda: run_quality(inputs, inputs.dense.model, teacher.traces),
                                  Quality, next(n), total)
+    if runner.opt.lm_eval_tasks:
+        runner.lm_eval["dense"] = runner.stage(
+            "lm-eval:dense", lambda: run_lm_eval(inputs, inputs.dense.model, str(source.path)), LmEvalScores,
+            next(n), total)
     per_cand: list[tuple[Any, PruneOutput, RecoverOutput, QuantizeOutput | None, Quality]] = []
     for cand in cands:
         pruned = runner.stage(f"prune:{cand.rank}", lambda c=cand: run_prune(inputs, c), PruneOutput, next(n), total)
@@ -244,13 +254,26 @@ def _run_stages(runner: Runner, source, devinfo) -> Results:
 
         per_cand.append((cand, pruned, recovered, quantized,
                          runner.stage(f"quality:{cand.rank}", quality, Quality, next(n), total)))
+        if runner.opt.lm_eval_tasks:
+            ckpt = str(folder.path(recovered.checkpoint))
+            runner.lm_eval[cand.rank] = runner.stage(
+                f"lm-eval:{cand.rank}", lambda c=ckpt: run_lm_eval(inputs, inputs.load_checkpoint(c), c),
+                LmEvalScores, next(n), total)
 
     names = _variant_names(cands)
     checkpoints = {"dense": str(source.path)}
     checkpoints.update({names[c.rank]: str(folder.path(rec.checkpoint)) for c, _, rec, _, _ in per_cand})
     latency = runner.stage("latency", lambda: run_latency(inputs, checkpoints, devinfo.label), LatencyOutput,
                            next(n), total).root
-    return _results(runner, source, devinfo, teacher, dense_quality, per_cand, names, latency)
+    results = _results(runner, source, devinfo, teacher, dense_quality, per_cand, names, latency)
+    if runner.opt.load:  # latency under Poisson traffic, dense and candidates in alternating windows
+        from planner.run.load import run_load_stage
+        from planner.run.results import LoadResults
+
+        load = runner.stage("load", lambda: run_load_stage(inputs, checkpoints, devinfo.label), LoadResults,
+                            next(n), total)
+        results = results.model_copy(update={"load": load, "stages": runner.timings})
+    return results
 
 
 def _results(runner: Runner, source, devinfo, teacher: TeacherOutput, dense_quality: Quality, per_cand: list,
@@ -270,16 +293,18 @@ def _results(runner: Runner, source, devinfo, teacher: TeacherOutput, dense_qual
                                 pruning=pruned.pruning if cand.prune is not None else None, recovery=rec,
                                 quantization=quantized.quantization if quantized is not None else None,
                                 quality=quality, latency=latency.get(name)))
+    for v in variants:  # --lm-eval-tasks
+        v.lm_eval = runner.lm_eval.get("dense" if v.role == "dense" else v.candidate_rank)
     plan = runner.plan
     summary = PlanSummary(
         path=str(runner.plan_path), goal=plan.goal.value, gpu=plan.gpu,
         model=plan.model or source.name, workload=plan.workload, dense_predicted=plan.dense_predicted,
-        dense_rates=plan.dense_rates,
+        dense_rates=plan.dense_rates, max_ppl_increase=plan.budget.max_ppl_increase,
         candidates=[CandidateSummary(rank=c.rank, name=c.name, label=c.label, prune=c.prune, quantize=c.quantize,
                                      shard=c.shard, recovery=c.recovery,
                                      projected_to=c.projected_to, goal_metric=c.goal_metric,
                                      predicted_goal=c.predicted_goal, predicted_speedup=c.predicted_speedup,
-                                     predicted=c.predicted) for c in runner.candidates])
+                                     predicted=c.predicted, quality=c.quality) for c in runner.candidates])
     manifest = runner.manifest
     provenance = Provenance(planner_version=__version__, packages=manifest.packages, device=devinfo,
                             input_hashes=manifest.input_hashes, started_at=manifest.started_at,

@@ -25,6 +25,7 @@ from planner.errors import InputError, did_you_mean
 from planner.evaluate.perplexity import HELDOUT_TOKENS
 from planner.run.folder import RunFolder
 from planner.run.results import Latency, PruningInfo, Quality, QuantizationInfo, RecoveryInfo, Size
+from planner.run.results import LmEvalScores
 
 RUN_MINIMUMS = {"ppl_seq_len": 2, "ppl_max_tokens": 1, "threads": 1}  # beside the benchmark's own bounds
 
@@ -48,13 +49,30 @@ class RunOptions:
     device: str | None = None  # default: cuda when available, else cpu
     threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the device
     measure_memory: bool = True
+    load: str | None = None  # `--load`: "auto" or comma-separated request rates (planner.run.load)
+    load_requests: int = 24  # per variant and rate
+    load_time_limit: float = 900.0  # seconds per rate
     report: bool = True
     progress: bool = True
+    request_rate: float | None = None  # --runtime vllm: requests/s (default: all at once)
+    concurrency: int | None = None  # --runtime vllm: requests in flight (default: the plan's workload)
+    lm_eval_tasks: list[str] | None = None  # --lm-eval-tasks: lm-evaluation-harness tasks (planner.evaluate.lmeval)
+    lm_eval_limit: int | None = None  # documents per task (default: all)
+    lm_eval_include: list[str] = field(default_factory=list)  # the user's task folders
 
     def fingerprint(self) -> dict[str, Any]:
         data = asdict(self)
         for name in ("report", "progress", "threads"):  # change how a run looks or how fast, not what it measures
             data.pop(name)
+        for name in ("request_rate", "concurrency"):  # unset: the fingerprint of a run made before they existed
+            if data[name] is None:
+                data.pop(name)
+        for name in ("lm_eval_tasks", "lm_eval_limit", "lm_eval_include"):  # unset: as before lm-eval existed
+            if not data[name]:
+                data.pop(name)
+        if data["load"] is None:  # no --load: the fingerprint of a run made before it existed
+            for name in ("load", "load_requests", "load_time_limit"):
+                data.pop(name)
         return data
 
     def check(self) -> RunOptions:
@@ -67,9 +85,36 @@ class RunOptions:
             if value is not None and value < minimum:
                 raise InputError(f"{_option(name)} must be >= {minimum}, got {value}")
         check_bench_settings({**vars(self), "dtype": self.bench_dtype}, label=_option)
+        if self.concurrency is not None and self.concurrency < 1:
+            raise InputError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.request_rate is not None and not self.request_rate > 0:
+            raise InputError(f"--request-rate must be > 0 requests/s, got {self.request_rate}")
+        if self.runtime == "vllm":  # refused now, not after hours of pruning and recovery
+            from planner.latency import vllm_unavailable_reason
+
+            missing = vllm_unavailable_reason()
+            if missing:
+                raise InputError(f"--runtime vllm is not available here: {missing}; use --runtime hf-eager or "
+                                 "hf-compile")
         for s in self.slices or ():
             if s not in SLICES:
                 raise InputError(did_you_mean(s, SLICES, "capability slice"))
+        if self.lm_eval_limit is not None and self.lm_eval_limit < 1:
+            raise InputError(f"--lm-eval-limit must be >= 1 document per task, got {self.lm_eval_limit}")
+        if (self.lm_eval_limit is not None or self.lm_eval_include) and not self.lm_eval_tasks:
+            raise InputError("--lm-eval-limit and --lm-eval-include need --lm-eval-tasks TASKS")
+        if self.lm_eval_tasks:  # unknown task or no lm-eval: refused before any work
+            from planner.evaluate.lmeval import resolve_tasks
+
+            resolve_tasks(self.lm_eval_tasks, self.lm_eval_include)
+        if self.load is not None:
+            from planner.run.load import DEFAULT_WINDOWS, parse_rates
+
+            parse_rates(self.load)
+            if self.load_requests < DEFAULT_WINDOWS:
+                raise InputError(f"--load-requests must be >= {DEFAULT_WINDOWS}, got {self.load_requests}")
+            if not self.load_time_limit > 0:
+                raise InputError(f"--load-time-limit must be > 0 seconds, got {self.load_time_limit}")
         return self
 
 
@@ -223,6 +268,23 @@ def run_quality(inputs: RunInputs, model, traces: dict[str, Any]) -> Quality:
     return Quality.model_validate(quality)
 
 
+def lm_eval_backend(inputs: RunInputs) -> str:
+    """lm-eval's vLLM backend where the run benchmarks with vLLM on CUDA (it scores the exported checkpoint),
+    else its HF backend on the in-memory model."""
+    return "vllm" if inputs.opt.runtime == "vllm" and inputs.device.startswith("cuda") else "hf"
+
+
+def run_lm_eval(inputs: RunInputs, model, checkpoint: str | None) -> LmEvalScores:
+    """lm-evaluation-harness task scores of one variant (planner.evaluate.lmeval), hubs off."""
+    from planner.evaluate.lmeval import evaluate_model
+
+    backend = lm_eval_backend(inputs)
+    scores = evaluate_model(model, inputs.tokenizer, inputs.opt.lm_eval_tasks or [],
+                            include=inputs.opt.lm_eval_include, limit=inputs.opt.lm_eval_limit, device=inputs.device,
+                            checkpoint=checkpoint, backend=backend, progress=inputs.opt.progress)
+    return LmEvalScores.model_validate(scores)
+
+
 def run_prune(inputs: RunInputs, cand) -> PruneOutput:
     from planner.data import calibration_text, read_text_files, token_blocks
     from planner.export import export_model, write_compressed
@@ -313,33 +375,39 @@ def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str
     prompt_len, gen_len = inputs.bench_lengths()
     config = BenchConfig(prompt_len=prompt_len, gen_len=gen_len, batch_size=opt.batch_size or workload.batch_size,
                          requests=opt.requests, warmup=opt.warmup, runtime=opt.runtime, dtype=dtype,
-                         device=inputs.device, measure_memory=opt.measure_memory)
+                         device=inputs.device, measure_memory=opt.measure_memory, request_rate=opt.request_rate,
+                         concurrency=opt.concurrency or workload.concurrency,
+                         out_dir=str(inputs.folder.root / "vllm-bench"))
+    from planner.quant.engine import is_quantized_checkpoint
+
     subjects = []
     for name, folder in checkpoints.items():
         model = None
-        if opt.runtime != "vllm" and _is_quantized(folder):
+        if opt.runtime != "vllm" and is_quantized_checkpoint(folder):
             from planner.quant.engine import load_quantized
 
             model = load_quantized(folder, dtype=dtype, device=inputs.device).model.eval()
         elif opt.runtime != "vllm":
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, TORCH_DTYPES[dtype]))
             model = model.eval().to(inputs.device)
-        subjects.append(Subject(name, model, folder))
+        subjects.append(Subject(name, model, folder, sparse_2to4=_is_2to4(folder)))
     return LatencyOutput.model_validate(benchmark(subjects, inputs.tokenizer, config, measured_on, opt.progress))
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
 
 
-def _is_quantized(folder) -> bool:
-    import json
+def _is_2to4(folder) -> bool:
+    """The checkpoint was pruned to 2:4 (its planner.json says so): the benchmark serves it on sparse kernels."""
+    from planner.export import read_metadata
 
-    config = Path(folder) / "config.json"
     try:
-        raw = json.loads(config.read_text()) if config.is_file() else {}
+        prune = read_metadata(folder).get("prune") or {}
     except (OSError, ValueError):
         return False
-    return (raw.get("quantization_config") or {}).get("quant_method") == "torchao"
+    return prune.get("kind") == "nm" and (prune.get("n"), prune.get("m")) == (2, 4)
+
+
 
 
 def _slug(text: str) -> str:
