@@ -251,3 +251,14 @@ def test_the_run_shows_the_predicted_quality_beside_the_measured(tmp_path):
     html = render_html(results)
     assert 'id="quality-prediction-table"' in html and "over twice the 5.0% budget" in html
     assert f"{100 * measured:+.1f}%" in html and "+10.0%" in html
+
+
+def test_plan_calibrate_records_the_recovery_factors_of_a_gpu_plans_run(tmp_path, own_cache, capsys):
+    from planner.cli import main
+
+    path = make_results(tmp_path)  # a plan for an A100: no host latency to calibrate, a recovery to learn from
+    assert main(["calibrate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "recovery factor of candidate-1" in out and "nothing to calibrate" in out
+    (m,) = load_store().measurements
+    assert m.factor == pytest.approx((16.0 / 14.131 - 1) / (21.09 / 14.131 - 1))
