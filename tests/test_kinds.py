@@ -108,7 +108,7 @@ def test_builtin_kinds_answer_for_themselves():
     # the facts' choices come from the registered spec types
     assert FACTS["kind"].choices == tuple(kind_names())
     assert FACTS["criterion"].choices == ("none", "magnitude", "wanda", "sparsegpt", "activation", "taylor",
-                                          "block_influence", "ablation")
+                                          "block_influence", "angular", "ablation")
     assert FACTS["head_mode"].choices == ("none", "kv_group", "per_group")
     assert FACTS["recovery"].choices == ("none", "lora", "distill", "finetune")
     layers = get_kind("layers")

@@ -195,6 +195,49 @@ def test_every_family_gets_exact_masks_and_keeps_head_and_embeddings(family, spe
     assert torch.isfinite(logits).all()
 
 
+# -- non-uniform layer sparsity -----------------------------------------------------------------------------------
+
+
+def test_layer_sparsities_keep_the_mean_and_the_range_and_prune_high_statistics_less():
+    from planner.prune.masked.allocation import LAMBDA, layer_sparsities
+
+    stats = [0.02, 0.5, 0.1, 0.9, 0.3]
+    ratios = layer_sparsities(stats, 0.5)
+    assert sum(ratios) / len(ratios) == pytest.approx(0.5)
+    assert max(ratios) - min(ratios) == pytest.approx(2 * LAMBDA)
+    assert sorted(range(5), key=ratios.__getitem__) == sorted(range(5), key=lambda i: -stats[i])
+    assert layer_sparsities([0.3, 0.3], 0.5) == [0.5, 0.5]
+    low = layer_sparsities(stats, 0.05)  # lambda shrinks so no layer goes below 0
+    assert min(low) >= 0.0 and sum(low) / 5 == pytest.approx(0.05)
+
+
+def test_outlier_fraction_counts_scores_above_m_times_the_mean():
+    from planner.prune.masked.allocation import OUTLIER_MULTIPLE, outlier_fraction
+
+    scores = torch.ones(1000)
+    scores[:7] = 20 * OUTLIER_MULTIPLE  # mean ~ 1 + 7*100/1000 = 1.7: 7 scores above 5 x 1.7
+    assert outlier_fraction([scores[:500], scores[500:]]) == pytest.approx(7 / 1000)
+
+
+@pytest.mark.parametrize("allocation", ["owl", "block_influence"])
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_non_uniform_allocation_prunes_each_layer_at_its_ratio_and_the_target_overall(allocation, criterion):
+    model = tiny_model("llama", num_hidden_layers=4)
+    result = apply_pruning(model, UnstructuredPruning(sparsity=0.5, criterion=criterion, allocation=allocation),
+                           example_ids(8, 24), progress=False)
+    ratios = result.details["layer_sparsity"]
+    assert result.details["allocation"] == allocation and len(ratios) == 4
+    assert sum(ratios) / 4 == pytest.approx(0.5) and len(set(ratios)) > 1
+    assert result.details["layers"] == pytest.approx(ratios, abs=1e-3)
+    assert result.achieved_sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_non_uniform_allocation_refuses_magnitude():
+    with pytest.raises(InputError, match="allocation 'owl'.*'wanda' and 'sparsegpt'"):
+        apply_pruning(tiny_model("llama"), UnstructuredPruning(sparsity=0.5, criterion="magnitude",
+                                                               allocation="owl"), example_ids(2, 8))
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_wanda_uses_inputs_from_the_already_pruned_layers(family):
     """Layer 1's mask must be |W|*||X|| with X the input layer 1 gets when layer 0 is already pruned."""

@@ -205,6 +205,9 @@ def _export_cases():
         cases.append((family, LayerPruning(num_layers=1)))
     cases += [(f, HeadPruning(ratio=0.5, criterion="taylor")) for f in ("llama", "qwen2")]
     cases += [(f, HeadPruning(ratio=0.25, mode="per_group")) for f in ("mistral",)]
+    cases += [(f, MlpChannelPruning(ratio=0.5, round_to=8, reconstruct=True)) for f in ("llama", "gpt2", "opt")]
+    cases += [(f, HeadPruning(ratio=0.5, mode=mode, reconstruct=True))
+              for f, mode in (("llama", "kv_group"), ("qwen2", "per_group"))]
     return cases
 
 
@@ -387,3 +390,76 @@ def test_embedded_model_prunes_exports_and_generates(embedded_path, tmp_path):
     torch.testing.assert_close(logits(reloaded, prompt), logits(model, prompt), atol=1e-4, rtol=0)
     out = reloaded.generate(prompt, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == prompt.shape[1] + 8
+
+
+# -- reconstruction after a cut ----------------------------------------------------------------------------------
+
+
+def test_refit_is_the_least_squares_solution_and_exact_when_the_removed_inputs_are_redundant():
+    from planner.prune.structured.reconstruct import refit_kept
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:, :2] @ torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float64)], dim=1)  # 8 inputs
+    w = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    kept = torch.arange(6)
+    # inputs 6, 7 are linear in inputs 0, 1: the kept weights can reproduce the output exactly
+    new = refit_kept(w, x.t() @ x, kept, dampening=0.0)
+    torch.testing.assert_close(x[:, :6] @ new.t(), x @ w.t(), atol=1e-9, rtol=0)
+    # in general: the solution of the normal equations (independent solver), within the dampening's effect
+    y = torch.randn(400, 8, generator=g, dtype=torch.float64)
+    kept = torch.tensor([0, 2, 3, 5, 7])
+    reference = torch.linalg.lstsq(y[:, kept], y @ w.t()).solution.t()
+    torch.testing.assert_close(refit_kept(w, y.t() @ y, kept, dampening=0.0), reference, atol=1e-9, rtol=0)
+    assert refit_kept(w.float(), (y.t() @ y).float(), kept).dtype == torch.float32
+
+
+@pytest.mark.parametrize("spec", [MlpChannelPruning(ratio=0.5, round_to=8),
+                                  HeadPruning(ratio=0.5), HeadPruning(ratio=0.5, mode="per_group")],
+                         ids=lambda s: f"{s.kind}-{getattr(s, 'mode', '')}")
+def test_reconstruction_keeps_the_same_units_and_lowers_the_output_error(spec, ids):
+    dense = tiny_model("llama")
+    reference = logits(dense, ids)
+    plain, rebuilt = copy.deepcopy(dense), copy.deepcopy(dense)
+    a = apply_pruning(plain, spec, ids)
+    b = apply_pruning(rebuilt, spec.model_copy(update={"reconstruct": True}), ids)
+    for key in ("kept_channels", "kept_heads"):
+        assert a.details.get(key) == b.details.get(key)
+    assert b.details["reconstruct"] and b.params_after == a.params_after
+    error = lambda m: float((logits(m, ids) - reference).square().mean())  # noqa: E731
+    assert error(rebuilt) < 0.8 * error(plain), (error(rebuilt), error(plain))
+
+
+def test_reconstruction_needs_calibration_even_with_magnitude(ids):
+    model = tiny_model("llama")
+    before = state(model)
+    with pytest.raises(InputError, match="reconstruct"):
+        apply_pruning(model, MlpChannelPruning(ratio=0.5, criterion="magnitude", reconstruct=True), None)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_old_specs_without_the_new_fields_load_with_defaults():
+    from planner.prune.specs import UnstructuredPruning, parse_spec
+
+    assert parse_spec({"kind": "mlp_channels", "ratio": 0.25}).reconstruct is False
+    assert parse_spec({"kind": "heads", "ratio": 0.25}).reconstruct is False
+    assert parse_spec({"kind": "unstructured", "sparsity": 0.5}).allocation == "uniform"
+    spec = MlpChannelPruning(ratio=0.25, reconstruct=True)
+    assert parse_spec(spec.model_dump()) == spec
+    assert parse_spec(UnstructuredPruning(sparsity=0.5, allocation="owl").model_dump()).allocation == "owl"
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2"))
+def test_angular_distance_removes_a_run_of_identity_layers_exactly(family, ids):
+    model = tiny_model(family, num_hidden_layers=4) if family != "gpt2" else tiny_model(family, n_layer=4)
+    make_identity_layer(model, 1)
+    make_identity_layer(model, 2)
+    before = logits(model, ids)
+
+    result = apply_pruning(model, LayerPruning(num_layers=2, criterion="angular"), ids)
+
+    assert result.details["removed_layers"] == [1, 2]
+    assert result.details["kept_layers"] == [0, 3]
+    assert result.details["scores"][1] == pytest.approx(0.0, abs=1e-3)  # the run starting at layer 1
+    assert min(result.details["scores"].values()) == result.details["scores"][1]
+    torch.testing.assert_close(logits(model, ids), before, atol=1e-5, rtol=0)

@@ -47,7 +47,8 @@ class HeadsKind(Kind):
         return f"{round(spec.ratio * 100)}-{spec.mode.replace('_', '')}"
 
     def describe(self, spec) -> str:
-        return f"attention heads −{100 * spec.ratio:.0f}% ({spec.criterion}, {spec.mode})"
+        rebuilt = " + least-squares o_proj" if spec.reconstruct else ""
+        return f"attention heads −{100 * spec.ratio:.0f}% ({spec.criterion}, {spec.mode}){rebuilt}"
 
 
 KIND = register_kind(HeadsKind())

@@ -35,6 +35,9 @@ class MlpChannelsKind(Kind):
         new, frac = self.pruned_shape(shape, spec)
         return f"-{frac:.0%} ({shape.intermediate_size}->{new.intermediate_size})"
 
+    def describe(self, spec) -> str:
+        return super().describe(spec) + (" + least-squares down_proj" if spec.reconstruct else "")
+
     def amount(self, spec) -> str:
         return f"{round(spec.ratio * 100)}"
 

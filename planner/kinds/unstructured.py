@@ -33,7 +33,8 @@ class UnstructuredKind(Kind):
         return f"{round(spec.sparsity * 100)}"
 
     def describe(self, spec) -> str:
-        return f"unstructured {100 * spec.sparsity:.0f}% ({spec.criterion})"
+        allocation = "" if spec.allocation == "uniform" else f", {spec.allocation} layer sparsity"
+        return f"unstructured {100 * spec.sparsity:.0f}% ({spec.criterion}{allocation})"
 
 
 KIND = register_kind(UnstructuredKind())

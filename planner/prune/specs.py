@@ -50,8 +50,15 @@ class UnstructuredPruning(MaskedSpec):
     sparsity: float = Field(..., ge=0.0, lt=1.0)
     criterion: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
     scope: Literal["layer", "global"] = "layer"  # magnitude only: compare within each layer or across all
+    # wanda/sparsegpt: the same sparsity in every layer, or layer ratios from a layer statistic (masked/allocation.py)
+    allocation: Literal["uniform", "owl", "block_influence"] = "uniform"
 
     def mask_pattern(self) -> tuple[str, float, int, int]:
+        if self.allocation != "uniform" and self.criterion == "magnitude":
+            from planner.errors import InputError
+
+            raise InputError(f"allocation {self.allocation!r} applies to criteria 'wanda' and 'sparsegpt' (which "
+                             "calibrate layer by layer); criterion 'magnitude' takes allocation 'uniform'")
         if self.scope == "global" and self.criterion != "magnitude":
             from planner.errors import InputError
 
@@ -84,6 +91,8 @@ class MlpChannelPruning(_Spec):
     ratio: float = Field(..., ge=0.0, lt=1.0)
     criterion: Literal["magnitude", "activation", "taylor"] = "activation"
     round_to: int = Field(1, ge=1)
+    # re-fit down_proj on calibration activations after the cut (planner/prune/structured/reconstruct.py)
+    reconstruct: bool = False
 
 
 class HeadPruning(_Spec):
@@ -94,6 +103,8 @@ class HeadPruning(_Spec):
     ratio: float = Field(..., ge=0.0, lt=1.0)
     criterion: Literal["magnitude", "activation", "taylor"] = "activation"
     mode: Literal["kv_group", "per_group"] = "kv_group"
+    # re-fit o_proj on calibration activations after the cut (planner/prune/structured/reconstruct.py)
+    reconstruct: bool = False
 
 
 class LayerPruning(_Spec):
@@ -101,7 +112,7 @@ class LayerPruning(_Spec):
 
     kind: Literal["layers"] = "layers"
     num_layers: int = Field(..., ge=0)
-    criterion: Literal["block_influence", "ablation"] = "block_influence"
+    criterion: Literal["block_influence", "angular", "ablation"] = "block_influence"
 
 
 _SPECS: dict[str, type[SpecBase]] = {}

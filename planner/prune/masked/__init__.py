@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.prune.masked.patterns import out_in
 from planner.prune.base import PruneResult, register
 from planner.prune.masked.runtime import runtime_note  # noqa: F401  (public API)
 
@@ -40,11 +41,6 @@ def _pattern(spec) -> tuple[str, float, int, int]:
     return spec.mask_pattern()
 
 
-def _out_in(module, conv1d: bool):
-    """The weight in (out, in) layout (a view): GPT-2's Conv1D stores (in, out)."""
-    return module.weight.data.t() if conv1d else module.weight.data
-
-
 def _unique_params(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
@@ -64,9 +60,9 @@ def prune_masked(model, spec, calib_ids=None, *, progress: bool = True, tokenize
     linears = list(adapter.iter_linears(model))
     if m:  # refuse before touching any weight
         for _, _, name, module in linears:
-            check_nm(n, m, _out_in(module, adapter.conv1d).shape[1], name)
+            check_nm(n, m, out_in(module, adapter.conv1d).shape[1], name)
     params = _unique_params(model)
-    calibration_info = None
+    calibration_info = layer_sparsity = None
     if spec.criterion == "magnitude":
         masks = _magnitude(linears, adapter.conv1d, spec, sparsity, n, m)
     else:
@@ -75,16 +71,28 @@ def prune_masked(model, spec, calib_ids=None, *, progress: bool = True, tokenize
         calib_ids = check_ids(calib_ids, spec.criterion)
         calibration_info = {"samples": int(calib_ids.shape[0]), "seq_len": int(calib_ids.shape[1]),
                             "tokens": int(calib_ids.numel())}
-        masks = _layerwise(model, adapter, spec.criterion, sparsity, n, m, calib_ids,
-                           chunk_samples or CHUNK_SAMPLES, progress)
-    return _result(spec, pattern, sparsity, params, masks, linears, calibration_info)
+        chunk = chunk_samples or CHUNK_SAMPLES
+        layer_sparsity = _allocation(model, adapter, spec, sparsity, m, calib_ids, chunk)
+        masks = _layerwise(model, adapter, spec.criterion, layer_sparsity, n, m, calib_ids, chunk, progress)
+    return _result(spec, pattern, sparsity, params, masks, linears, calibration_info, layer_sparsity)
+
+
+def _allocation(model, adapter, spec, sparsity: float, m: int, calib_ids, chunk: int) -> list[float]:
+    """Sparsity of each decoder layer: the target everywhere (uniform), or spread by a layer statistic
+    (allocation.py)."""
+    allocation = getattr(spec, "allocation", "uniform")
+    if allocation == "uniform" or m:
+        return [sparsity] * len(adapter.get_layers(model))
+    from planner.prune.masked.allocation import allocate
+
+    return allocate(model, adapter, calib_ids, chunk, allocation, sparsity)
 
 
 def _magnitude(linears, conv1d: bool, spec, sparsity: float, n: int, m: int) -> dict[str, Any]:
     from planner.prune.masked.magnitude import magnitude_scores
     from planner.prune.masked.patterns import global_mask, nm_mask, unstructured_mask
 
-    weights = [(name, module, _out_in(module, conv1d)) for _, _, name, module in linears]
+    weights = [(name, module, out_in(module, conv1d)) for _, _, name, module in linears]
     if m:
         keeps = [nm_mask(magnitude_scores(w), n, m) for _, _, w in weights]
     elif spec.scope == "global":
@@ -98,9 +106,10 @@ def _magnitude(linears, conv1d: bool, spec, sparsity: float, n: int, m: int) -> 
     return masks
 
 
-def _layerwise(model, adapter, criterion: str, sparsity: float, n: int, m: int, calib_ids, chunk: int,
+def _layerwise(model, adapter, criterion: str, layer_sparsity: list[float], n: int, m: int, calib_ids, chunk: int,
                progress: bool) -> dict[str, Any]:
-    """Wanda / SparseGPT, one decoder layer at a time, each seeing the outputs of the pruned layers before it."""
+    """Wanda / SparseGPT, one decoder layer at a time, each seeing the outputs of the pruned layers before it.
+    `layer_sparsity[i]`: the unstructured target of layer i (ignored for N:M)."""
     from tqdm import tqdm
 
     from planner.arch import get_submodule
@@ -117,8 +126,9 @@ def _layerwise(model, adapter, criterion: str, sparsity: float, n: int, m: int, 
     for i, layer in enumerate(layers):
         linears = {f"{adapter.layers}.{i}.{path}": get_submodule(layer, path) for _, path in adapter.linear_roles()}
         stats = collect_stats(layer, linears, inputs, hessian=criterion == "sparsegpt")
+        sparsity = layer_sparsity[i]
         for name, module in linears.items():
-            w = _out_in(module, adapter.conv1d)
+            w = out_in(module, adapter.conv1d)
             if criterion == "wanda":
                 scores = wanda_scores(w, stats.input_sq_sum(name))
                 keep = nm_mask(scores, n, m) if m else unstructured_mask(scores, sparsity, compare="row")
@@ -135,7 +145,7 @@ def _layerwise(model, adapter, criterion: str, sparsity: float, n: int, m: int, 
     return masks
 
 
-def _result(spec, pattern, sparsity, params, masks, linears, calibration_info) -> PruneResult:
+def _result(spec, pattern, sparsity, params, masks, linears, calibration_info, layer_sparsity=None) -> PruneResult:
     module_sparsity, layer_pruned, layer_total = {}, {}, {}
     for i, _, name, _ in linears:
         keep = masks[name]
@@ -149,6 +159,8 @@ def _result(spec, pattern, sparsity, params, masks, linears, calibration_info) -
         "criterion": spec.criterion,
         "scope": getattr(spec, "scope", "layer"),
         "target_sparsity": sparsity,
+        "allocation": getattr(spec, "allocation", "uniform"),
+        "layer_sparsity": layer_sparsity,
         "pruned_weights": pruned,
         "prunable_weights": total,
         "modules": module_sparsity,
@@ -187,7 +199,7 @@ def weight_sparsity(model, n: int = 0, m: int = 0) -> dict[str, Any]:
     adapter = get_adapter(model)
     zeros = total = violations = 0
     for _, _, _, module in adapter.iter_linears(model):
-        w = _out_in(module, adapter.conv1d)
+        w = out_in(module, adapter.conv1d)
         zeros += int((w == 0).sum())
         total += w.numel()
         if m:

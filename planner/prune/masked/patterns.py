@@ -12,6 +12,11 @@ import math
 from planner.errors import InputError
 
 
+def out_in(module, conv1d: bool):
+    """The weight in (out, in) layout (a view): GPT-2's Conv1D stores (in, out)."""
+    return module.weight.data.t() if conv1d else module.weight.data
+
+
 def rounded(x: float) -> int:
     """Round half up (Python's round() is banker's rounding, which would make 0.5-boundaries flip-flop)."""
     return int(math.floor(x + 0.5))

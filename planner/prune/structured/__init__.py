@@ -6,7 +6,7 @@ model whose config says so, so `planner.export.export_model` writes a checkpoint
 | -------------- | ------------- | ----------------------------------------- |
 | `mlp_channels` | channels.py   | magnitude, activation, taylor (importance.py) |
 | `heads`        | heads.py      | magnitude, activation, taylor (importance.py) |
-| `layers`       | layers.py     | block_influence, ablation                 |
+| `layers`       | layers.py     | block_influence, angular, ablation        |
 
 Each engine checks the request against the config (an InputError) before it touches the model.
 """

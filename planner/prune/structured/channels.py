@@ -14,6 +14,7 @@ from planner.errors import InputError
 from planner.prune.base import PruneResult
 from planner.prune.structured.common import count_parameters, keep_top
 from planner.prune.structured.importance import UnitGroup, UnitSlice, require_calibration, unit_scores
+from planner.prune.structured import reconstruct
 from planner.prune.structured.rounding import kept_count
 from planner.prune.structured.slicing import features, slice_projection
 
@@ -39,23 +40,33 @@ def prune_mlp_channels(model, spec, calib_ids=None, batch_size: int = 4, progres
     if widths != [width]:
         raise InputError(f"mlp_channels needs the same MLP width in every layer ({width} in the config); "
                          f"this model has {widths}")
-    if spec.criterion != "magnitude" and kept < width:
-        require_calibration(calib_ids, spec.criterion)
+    if (spec.criterion != "magnitude" or spec.reconstruct) and kept < width:
+        require_calibration(calib_ids, spec.criterion if spec.criterion != "magnitude" else "reconstruct")
     params_before = count_parameters(model)
     details = {"criterion": spec.criterion, "ratio": spec.ratio, "round_to": spec.round_to,
                "intermediate_size_before": width, "intermediate_size_after": kept,
-               "achieved_ratio": 1.0 - kept / width}
+               "achieved_ratio": 1.0 - kept / width, "reconstruct": spec.reconstruct}
     if kept == width:  # ratio 0: nothing to score or slice
         details["kept_channels"] = {}
         return PruneResult("mlp_channels", params_before, params_before, details=details)
 
     scores = unit_scores(spec.criterion, model, calib_ids, groups, batch_size, progress)
-    kept_channels = {}
-    for i, group in groups.items():
-        keep = keep_top(scores[i], kept)
-        for s in group.slices:
-            slice_projection(s.module, keep, s.side)
-        kept_channels[i] = keep.tolist()
+    kept_channels = {i: keep_top(scores[i], kept) for i in groups}
+
+    def cut(i, _layer=None):
+        consumer = groups[i].consumer.module
+        original = consumer.weight.detach().clone() if spec.reconstruct else None
+        for s in groups[i].slices:
+            slice_projection(s.module, kept_channels[i], s.side)
+        return consumer, kept_channels[i], original
+
+    if spec.reconstruct:
+        reconstruct.cut_layer_by_layer(model, adapter, calib_ids, lambda i, _: groups[i].consumer.module, cut,
+                                       batch_size)
+    else:
+        for i in groups:
+            cut(i)
+    kept_channels = {i: keep.tolist() for i, keep in kept_channels.items()}
     for layer in adapter.get_layers(model):  # Llama-style MLPs remember their width
         mlp = getattr(layer, adapter.mlp, None) if adapter.mlp else None
         if mlp is not None and hasattr(mlp, "intermediate_size"):

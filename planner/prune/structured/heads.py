@@ -23,6 +23,7 @@ from planner.errors import InputError
 from planner.prune.base import PruneResult
 from planner.prune.structured.common import count_parameters, keep_top
 from planner.prune.structured.importance import UnitGroup, UnitSlice, require_calibration, unit_scores
+from planner.prune.structured.reconstruct import cut_layer_by_layer
 from planner.prune.structured.slicing import slice_projection, unit_indices
 
 
@@ -95,31 +96,42 @@ def prune_heads(model, spec, calib_ids=None, batch_size: int = 4, progress: bool
     shape = adapter.shape(model.config)
     new_heads, new_kv = plan_head_counts(shape, spec)
     changed = new_heads < shape.num_heads
-    if spec.criterion != "magnitude" and changed:
-        require_calibration(calib_ids, spec.criterion)
+    if (spec.criterion != "magnitude" or spec.reconstruct) and changed:
+        require_calibration(calib_ids, spec.criterion if spec.criterion != "magnitude" else "reconstruct")
     params_before = count_parameters(model)
     details = {"criterion": spec.criterion, "mode": spec.mode, "ratio": spec.ratio,
                "num_heads_before": shape.num_heads, "num_heads_after": new_heads,
                "num_kv_heads_before": shape.num_kv_heads, "num_kv_heads_after": new_kv,
                "head_dim": shape.head_dim, "achieved_ratio": 1.0 - new_heads / shape.num_heads,
-               "kept_heads": {}, "kept_kv_heads": {}}
+               "kept_heads": {}, "kept_kv_heads": {}, "reconstruct": spec.reconstruct}
     if not changed:
         return PruneResult("heads", params_before, params_before, details=details)
 
     groups = head_groups(model, adapter, shape, spec.mode)
     scores = unit_scores(spec.criterion, model, calib_ids, groups, batch_size, progress)
     hd = shape.head_dim
-    for i, layer in enumerate(adapter.get_layers(model)):
+
+    def cut(i, layer):
         q_kept, kv_kept = _choose(scores[i], shape, spec.mode, new_heads, new_kv)
         q_cols, kv_cols = unit_indices(q_kept, hd), unit_indices(kv_kept, hd)
+        o_proj = adapter.projection(layer, "o")
+        original = o_proj.weight.detach().clone() if spec.reconstruct else None
         slice_projection(adapter.projection(layer, "q"), q_cols, "out")
-        slice_projection(adapter.projection(layer, "o"), q_cols, "in")
+        slice_projection(o_proj, q_cols, "in")
         if spec.mode == "kv_group":
             slice_projection(adapter.projection(layer, "k"), kv_cols, "out")
             slice_projection(adapter.projection(layer, "v"), kv_cols, "out")
         _update_attention(getattr(layer, adapter.attn), new_heads, new_kv)
         details["kept_heads"][i] = q_kept.tolist()
         details["kept_kv_heads"][i] = kv_kept.tolist()
+        return o_proj, q_cols, original
+
+    if spec.reconstruct:
+        cut_layer_by_layer(model, adapter, calib_ids, lambda i, layer: adapter.projection(layer, "o"), cut,
+                           batch_size)
+    else:
+        for i, layer in enumerate(adapter.get_layers(model)):
+            cut(i, layer)
     adapter.set_shape(model.config, num_heads=new_heads, num_kv_heads=new_kv)
     return PruneResult("heads", params_before, count_parameters(model), details=details)
 

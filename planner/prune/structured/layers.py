@@ -2,6 +2,9 @@
 
 - `block_influence` (ShortGPT, Men et al. 2024, arXiv:2403.03853): BI_i = 1 - mean over calibration tokens of
   cos(input of block i, output of block i). A block whose output points where its input did does little.
+- `angular` (Gromov et al. 2024, arXiv:2403.17887): for every run of n consecutive blocks, the angular distance
+  arccos(cos(input of the first, output of the last)) / pi, averaged over calibration tokens; the run with the
+  smallest distance goes (the paper's choice of one contiguous run, since removing a run is what it measures).
 - `ablation`: perplexity on the calibration tokens with each block removed alone; the blocks whose removal hurts
   least go. Costs one calibration pass per layer. Both rank once, on the dense model (not greedily).
 
@@ -64,6 +67,44 @@ def block_influence(model, adapter, calib_ids, batch_size: int = 4, progress: bo
         for h in handles:
             h.remove()
     return [1.0 - s / n for s, n in zip(cos_sum, count)]
+
+
+def angular_distances(model, adapter, calib_ids, run: int, batch_size: int = 4,
+                      progress: bool | None = None) -> list[float]:
+    """Mean angular distance (in units of pi) between the input of block l and the output of block l+run-1, for
+    every start l (higher = the run changes the residual stream more = keep)."""
+    import math
+
+    import torch
+
+    layers = adapter.get_layers(model)
+    boundary: list = []  # hidden states entering each block, then the last block's output, for one batch
+
+    def grab_input(module, args, kwargs):
+        boundary.append((args[0] if args else kwargs["hidden_states"]).float())
+
+    def grab_output(module, args, kwargs, output):
+        boundary.append((output[0] if isinstance(output, (tuple, list)) else output).float())
+
+    handles = [layer.register_forward_pre_hook(grab_input, with_kwargs=True) for layer in layers]
+    handles.append(layers[-1].register_forward_hook(grab_output, with_kwargs=True))
+    starts = len(layers) - run + 1
+    total, count = [0.0] * starts, 0
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for batch in progress_bar(calib_ids, batch_size, device, "angular distance", progress):
+                boundary.clear()
+                model(input_ids=batch, use_cache=False)
+                for start in range(starts):
+                    cos = torch.nn.functional.cosine_similarity(boundary[start], boundary[start + run], dim=-1)
+                    total[start] += float(torch.arccos(cos.clamp(-1.0, 1.0)).sum()) / math.pi
+                count += boundary[0].shape[0] * boundary[0].shape[1]
+    finally:
+        for h in handles:
+            h.remove()
+        boundary.clear()
+    return [t / count for t in total]
 
 
 def ablation(model, adapter, calib_ids, batch_size: int = 4, progress: bool | None = None) -> list[float]:
@@ -141,10 +182,16 @@ def prune_layers(model, spec, calib_ids=None, batch_size: int = 4, progress: boo
     if spec.num_layers == 0:
         return PruneResult("layers", params_before, params_before, details=details)
 
-    scorer = block_influence if spec.criterion == "block_influence" else ablation
-    scores = scorer(model, adapter, calib_ids, batch_size, progress)
-    order = sorted(range(total), key=lambda i: (scores[i], i))  # least important first
-    drop = set(order[: spec.num_layers])
+    if spec.criterion == "angular":
+        runs = angular_distances(model, adapter, calib_ids, spec.num_layers, batch_size, progress)
+        first = min(range(len(runs)), key=lambda i: (runs[i], i))
+        drop = set(range(first, first + spec.num_layers))
+        scores = runs  # per start of a run of num_layers blocks
+    else:
+        scorer = block_influence if spec.criterion == "block_influence" else ablation
+        scores = scorer(model, adapter, calib_ids, batch_size, progress)
+        order = sorted(range(total), key=lambda i: (scores[i], i))  # least important first
+        drop = set(order[: spec.num_layers])
     keep = remove_layers(model, adapter, drop)
     details.update(removed_layers=sorted(drop), kept_layers=keep, scores=dict(enumerate(scores)))
     return PruneResult("layers", params_before, count_parameters(model), details=details)
