@@ -139,9 +139,9 @@ def calibrate_from_results(results, results_path: str) -> dict:
         raise InputError(f"{results_path}: the latency benchmark ran {latency.prompt_len}+{latency.gen_len} tokens "
                          f"but the plan projected {plan.workload.prompt_len}+{plan.workload.gen_len}; run with the "
                          "plan's workload to calibrate")
-    step_ms = max(0.0, rates["step_ms"] + latency.tpot_p50_ms - predicted["tpot_ms"])
-    first_token_delta = latency.ttft_p50_ms - predicted["ttft_ms"] - (step_ms - rates["step_ms"])
-    request_ms = max(0.0, rates.get("request_ms", 0.0) + first_token_delta)
+    step_ms, request_ms = fit_host_times(rates, predicted_ttft_ms=predicted["ttft_ms"],
+                                         predicted_tpot_ms=predicted["tpot_ms"], measured_ttft_ms=latency.ttft_p50_ms,
+                                         measured_tpot_ms=latency.tpot_p50_ms)
     device = results.provenance.device
     key = host_key(device=device.kind, threads=device.torch_threads, runtime=latency.runtime, dtype=latency.dtype)
     source = f"plan run results {results_path} (dense TTFT {latency.ttft_p50_ms:.1f} ms, TPOT {latency.tpot_p50_ms:.2f} ms)"
