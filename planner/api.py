@@ -185,12 +185,11 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
 
 
 def _check_recovery_args(minutes, tokens) -> None:
+    """Before the slow part: the values (planner.recover.budget.check_request), and not both at once."""
     from planner.errors import InputError
+    from planner.recover.budget import check_request
 
-    if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
-        raise InputError(f"--recovery-minutes {minutes!r}: accepted: minutes > 0, e.g. 10")
-    if tokens is not None and not (isinstance(tokens, int) and tokens >= 1):
-        raise InputError(f"--recovery-tokens {tokens!r}: accepted: a whole number of tokens >= 1, e.g. 100000")
+    check_request(minutes, tokens)
     if minutes is not None and tokens is not None:
         raise InputError("--recovery-minutes and --recovery-tokens both given: pass one (tokens fix the budget "
                          "outright; minutes cap the model-scaled budget)")

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "planner"
 LAYERS: list[list[str]] = [
     # foundations: errors, safe documents, console output, paths, the version; they import nothing above them
     ["planner._version", "planner.errors", "planner.documents", "planner.docbase", "planner.console",
-     "planner.paths"],
+     "planner.paths", "planner.stats"],
     # what a user names: workload, architecture adapters, the GPU and runtime catalogs (data files, like the GPUs:
     # a workload names its runtime, so the runtime catalog sits here rather than with the performance model), goals,
     # the bundled text

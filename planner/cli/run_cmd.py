@@ -193,13 +193,15 @@ def run(args) -> int:
 def _print_quality_vs_prediction(results) -> None:
     """The plan's predicted perplexity increase beside the measured one, and recoveries a time limit cut short."""
     from planner.cli._out import console, escape
+    from planner.report.format import fmt_pct
     from planner.run.compare import quality_vs_prediction
 
     con = console()
-    for q in quality_vs_prediction(results):
-        def pct(x):
-            return "—" if x is None else f"{x:+.1%}"
 
+    def pct(x):
+        return fmt_pct(x, signed=True)
+
+    for q in quality_vs_prediction(results):
         warn = f"; over twice the {q.budget:.0%} budget" if q.over_twice_budget else ""
         con.print(escape(f"quality of {q.variant}: predicted {pct(q.predicted)} after {q.recovery} (probe one-shot "
                          f"{pct(q.probe_one_shot)}), measured {pct(q.measured)}"
@@ -207,7 +209,7 @@ def _print_quality_vs_prediction(results) -> None:
                          + (f", error {q.error:+.0%}" if q.error is not None else "") + warn))
     for v in results.variants:
         r = v.recovery
-        if r is not None and r.stopped_by in ("guard_minutes", "max_minutes") and r.steps < r.spec.max_steps:
+        if r is not None and r.cut_short:
             con.print(escape(f"warning: recovery of {v.name} stopped by the time limit after {r.steps} of "
                              f"{r.spec.max_steps} planned steps ({r.stopped_by}): not the plan's recovered model"))
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from planner.perf.arrivals import DEFAULT_SEED, Request, load_trace, poisson_arrivals
+from planner.stats import percentile
 
 DEFAULT_REQUESTS = 1000  # simulated requests per open-loop projection
 CAPACITY_REQUESTS = 400  # per bisection step
@@ -140,17 +141,8 @@ class SimResult:
     max_batch_seen: int
     extra_ms: float = 0.0  # outside the model, added to every e2e percentile
 
-    def _pct(self, samples: Sequence[float], q: float) -> float | None:
-        if not samples:
-            return None
-        s = sorted(samples)
-        pos = (len(s) - 1) * q / 100.0
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
     def percentile(self, q: float) -> float | None:
-        value = self._pct(self.e2e_ms, q)
+        value = percentile(self.e2e_ms, q)
         return None if value is None else value + self.extra_ms
 
     @property
@@ -167,19 +159,19 @@ class SimResult:
 
     @property
     def ttft_p50_ms(self) -> float | None:
-        return self._pct(self.ttft_ms, 50)
+        return percentile(self.ttft_ms, 50)
 
     @property
     def ttft_p95_ms(self) -> float | None:
-        return self._pct(self.ttft_ms, 95)
+        return percentile(self.ttft_ms, 95)
 
     @property
     def tpot_p50_ms(self) -> float | None:
-        return self._pct(self.tpot_ms, 50)
+        return percentile(self.tpot_ms, 50)
 
     @property
     def tpot_p95_ms(self) -> float | None:
-        return self._pct(self.tpot_ms, 95)
+        return percentile(self.tpot_ms, 95)
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -111,6 +111,16 @@ def _round_down(steps: float) -> int:
     return int(steps // scale * scale)
 
 
+def check_request(minutes: float | None, tokens: int | None) -> None:
+    """What a caller may ask of the budget: a time allowance > 0 or a token count >= 1 (InputError naming the value)."""
+    from planner.errors import InputError
+
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0):
+        raise InputError(f"--recovery-minutes {minutes!r}: accepted: minutes > 0, e.g. 10")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise InputError(f"--recovery-tokens {tokens!r}: accepted: a whole number of tokens >= 1, e.g. 100000")
+
+
 def plan_budget(params: int, *, device: str, flops_per_second: float | None, batch_size: int = 4,
                 seq_len: int = 128, allowance_minutes: float | None = DEFAULT_ALLOWANCE_MINUTES,
                 tokens: int | None = None) -> RecoveryBudget:
@@ -120,10 +130,7 @@ def plan_budget(params: int, *, device: str, flops_per_second: float | None, bat
 
     if params < 1:
         raise InputError(f"the model has {params} parameters; a recovery budget needs a model with weights")
-    if allowance_minutes is not None and not allowance_minutes > 0:
-        raise InputError(f"--recovery-minutes {allowance_minutes!r}: accepted: minutes > 0")
-    if tokens is not None and tokens < 1:
-        raise InputError(f"--recovery-tokens {tokens!r}: accepted: a token count >= 1")
+    check_request(allowance_minutes, tokens)
     per_step = batch_size * seq_len
     scaled = max(1, round(TOKENS_PER_PARAM * params))
     step_seconds = None

@@ -235,7 +235,7 @@ def recovery_rows(results) -> list[dict[str, Any]]:
                      "seconds": r.seconds, "ppl_before": r.ppl_before, "ppl_after": r.ppl_after,
                      "final_loss": r.loss_curve[-1].loss if r.loss_curve else None, "stopped_by": r.stopped_by,
                      "lr": r.spec.lr, "max_minutes": r.spec.max_minutes, "planned_steps": r.spec.max_steps,
-                     "cut_short": r.stopped_by in ("guard_minutes", "max_minutes") and r.steps < r.spec.max_steps})
+                     "cut_short": r.cut_short})
     return rows
 
 

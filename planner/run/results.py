@@ -25,19 +25,10 @@ from planner.decide.plan import QualityEstimate, ShardSpec
 from planner.prune.specs import PruneSpec
 from planner.quant.specs import QuantSpec
 from planner.recover.specs import RecoverySpec
+from planner.stats import percentile  # noqa: F401  (results.percentile: the name callers use)
 from planner.workload import Workload
 
 SCHEMA_VERSION = 1
-
-# goal -> (latency/size field it is judged on, True when lower is better). Speedup is always "x times better".
-def percentile(samples: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100) of recorded samples, linear interpolation (numpy's default)."""
-    if not samples:
-        return None
-    import numpy as np
-
-    return float(np.percentile(np.asarray(samples, dtype=np.float64), q, method="linear"))
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
@@ -208,7 +199,12 @@ class RecoveryInfo(_Doc):
     ppl_before: float | None = None  # held-out perplexity right after pruning
     ppl_after: float | None = None
     seconds: float = 0.0
-    stopped_by: str | None = None  # "max_steps", "max_tokens", "max_minutes"
+    stopped_by: str | None = None  # "max_steps", "max_tokens", "max_minutes", "guard_minutes"
+
+    @property
+    def cut_short(self) -> bool:
+        """A time limit stopped the run before the steps the plan asked for: not the plan's recovered model."""
+        return self.stopped_by in ("guard_minutes", "max_minutes") and self.steps < self.spec.max_steps
 
 
 class SliceAgreement(_Doc):

@@ -49,19 +49,9 @@ def refit_kept(weight, gram, kept, cross=None, dampening: float | None = None):
 
 def _gather(layer, consumer, inputs):
     """G = sum h h^T of the consumer's inputs h over every chunk of `inputs` (the layer runs up to the consumer)."""
-    import torch
+    from planner.prune.masked.calibration import collect_stats
 
-    from planner.prune.masked.calibration import InputStats, _StopForward
-
-    stats = InputStats({"consumer": consumer}, hessian=True, stop_after="consumer")
-    with stats, torch.no_grad():
-        for c, hidden in enumerate(inputs.hidden):
-            try:
-                layer(hidden, *inputs.extra_args[c], **inputs.extra_kwargs[c])
-            except _StopForward:
-                pass
-            stats.end_first_chunk()
-    return stats.xtx["consumer"]
+    return collect_stats(layer, {"consumer": consumer}, inputs, hessian=True).xtx["consumer"]
 
 
 def cut_layer_by_layer(model, adapter, calib_ids, consumer_of: Callable, cut: Callable, chunk: int = 4) -> None:
