@@ -178,6 +178,7 @@ def plan(goal, gpu: str | None = None, *, model: str | None = None, workload=Non
                     quality_probe=quality_probe, probe_note=probe_note,
                     recovery_budget=_recovery_budget(profile, measure=measure, minutes=recovery_minutes,
                                                      tokens=recovery_tokens))
+    result = result.model_copy(update={"execution": _execution(profile, result, target, measure=measure)})
     notes = [n for n in (gpu_note, dtype_note) if n]
     if notes:
         result = result.model_copy(update={"notes": notes + result.notes})
@@ -212,6 +213,25 @@ def _recovery_budget(profile, *, measure: bool, minutes: float | None, tokens: i
     return plan_budget(params, device=local.label, flops_per_second=flops,
                        allowance_minutes=minutes if minutes is not None else DEFAULT_ALLOWANCE_MINUTES,
                        tokens=tokens)
+
+
+def _execution(profile, result, target, *, measure: bool):
+    """How `plan run` would execute the plan here (planner.decide.execution), projected from the config and this
+    machine's memory and measured GEMM rate (the recovery budget measured it already: cached)."""
+    from planner.decide.execution import run_execution
+
+    local = profile.local
+    flops = None
+    if measure:  # no weights needed: the GEMM rate is this machine's
+        from planner.profile.peaks import measure_local_peaks
+
+        flops = measure_local_peaks("fp32", device="cuda" if local.kind == "cuda" else "cpu")["flops"]
+    calibrations = [(c.calibration.num_samples, c.calibration.seq_len) for c in result.candidates] or [(32, 512)]
+    return run_execution(profile.model.shape, device=local.label, device_kind=local.kind,
+                         available_bytes=local.memory_bytes, serving_dtype=result.workload.dtype, flops=flops,
+                         calibration=max(calibrations, key=lambda c: c[0] * c[1]),
+                         recovery_methods=[c.recovery.method for c in result.candidates], facts=result.facts,
+                         target=target)
 
 
 def _quality_probe(model, profile, *, probe: bool, trust_remote_code: bool, threads: int | None):

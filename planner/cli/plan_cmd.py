@@ -230,6 +230,9 @@ def show_plan(plan, path, top: int = DEFAULT_TOP, seconds: float | None = None) 
     memory = _memory_line(plan)
     if memory:
         con.print(f"  {escape(memory)}")
+    if plan.execution is not None and (plan.execution.mode != "in-memory" or not plan.profile.get("measured")):
+        for line in plan.execution.lines():  # a model that does not fit here, or a config-only one: how it would run
+            con.print(f"  {escape(line)}")
     traffic = _traffic_line(plan)
     if traffic:
         con.print(f"  {escape(traffic)}")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from planner.documents import show
 from planner.errors import InputError
+from planner.decide.execution import RunExecution
 from planner.prune.specs import CalibrationSpec, PruneSpec
 from planner.quant.specs import QuantSpec
 from planner.recover.budget import RecoveryBudget
@@ -206,6 +207,9 @@ class Plan(_Doc):
     # the recovery every recovered candidate gets, in steps and tokens, and how it was sized (None: older plans,
     # or plans made without a model size: the RecoverySpec defaults)
     recovery_budget: RecoveryBudget | None = None
+    # how `plan run` would execute it on the machine that made the plan: in memory or layer by layer, what it holds,
+    # recovery's needs, the target GPUs needed to serve it (projected from the config; None: older plans)
+    execution: RunExecution | None = None
     facts: dict[str, Any] = Field(default_factory=dict)  # every context fact the rules saw
     rules_version: str
     rule_files: list[str] = Field(default_factory=list)  # paths of the rule files, as loaded

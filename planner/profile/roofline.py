@@ -30,6 +30,7 @@ from pydantic import Field, computed_field
 
 from planner.arch import ModelShape
 from planner.errors import InputError
+from planner.perf.footprint import linear_parameters, norm_width, parameter_count  # noqa: F401  (callers' names)
 from planner.perf.serving import Serving, StepBound, sparse_2to4_density, step_bound
 from planner.profile._doc import Doc
 from planner.workload import Workload
@@ -315,44 +316,6 @@ def bytes_op(name: str, category: Category, read: float, write: float, dtype_byt
 # -- the model ------------------------------------------------------------------------------------------------
 
 
-def _norm_width(shape: ModelShape) -> int:
-    """Parameters per norm: RMSNorm has a scale; GPT-2's and OPT's LayerNorm a scale and a bias."""
-    return shape.hidden_size * (1 if shape.family == "llama" else 2)
-
-
-def _qkv_bias(shape: ModelShape) -> bool:
-    return shape.attention_bias or shape.model_type == "qwen2"  # Qwen2 has q/k/v biases and no config flag
-
-
-def linear_parameters(shape: ModelShape) -> int:
-    """Weights (no biases) of every decoder layer's projections: what 2:4 sparsity would prune."""
-    h, i = shape.hidden_size, shape.intermediate_size
-    attn = h * (shape.q_dim + 2 * shape.kv_dim) + shape.q_dim * h
-    mlp = (3 if shape.gated_mlp else 2) * h * i
-    return shape.num_layers * (attn + mlp)
-
-
-def parameter_count(shape: ModelShape) -> int:
-    """All parameters, from the shape (checked against meta-device builds of every supported family)."""
-    h, i, v = shape.hidden_size, shape.intermediate_size, shape.vocab_size
-    per_layer_bias = 0
-    if _qkv_bias(shape):
-        per_layer_bias += shape.q_dim + 2 * shape.kv_dim
-    if shape.attention_bias:
-        per_layer_bias += h
-    if shape.mlp_bias:
-        per_layer_bias += (2 if shape.gated_mlp else 1) * i + h
-    norms = shape.num_layers * 2 * _norm_width(shape) + _norm_width(shape)
-    total = linear_parameters(shape) + shape.num_layers * per_layer_bias + norms + v * h
-    if not shape.tied_embeddings:
-        total += v * h
-    if shape.family == "gpt2":
-        total += (shape.max_positions or 0) * h
-    elif shape.family == "opt":
-        total += ((shape.max_positions or 0) + 2) * h  # OPT's learned positions are offset by 2
-    return total
-
-
 def _phase_ops(shape: ModelShape, batch: int, new_tokens: int, context: float, causal_pairs: float,
                d: float, density: float) -> list[OpCost]:
     """Every op of one forward pass over `batch x new_tokens` tokens, attention reading `context` keys.
@@ -371,7 +334,7 @@ def _phase_ops(shape: ModelShape, batch: int, new_tokens: int, context: float, c
     # embedding gather (and learned positions for GPT-2 / OPT)
     n_tables = 2 if shape.family in ("gpt2", "opt") else 1
     ops.append(bytes_op("embedding", "other", read=n_tables * t * h, write=t * h, weights=n_tables * t * h, dtype_bytes=d))
-    norm_w = _norm_width(shape)
+    norm_w = norm_width(shape)
     ops.append(bytes_op("input_norm", "other", read=t * h + norm_w, write=t * h, weights=norm_w, dtype_bytes=d,
                         count=n_layers))
     if shape.family == "gpt2":
