@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROWS = [
     ("mlp-25", {"kind": "mlp_channels", "ratio": 0.25, "criterion": "activation"}),
     ("mlp-25-reconstruct", {"kind": "mlp_channels", "ratio": 0.25, "criterion": "activation", "reconstruct": True}),
+    ("mlp-25-obs", {"kind": "mlp_channels", "ratio": 0.25, "criterion": "obs"}),
     ("mlp-50", {"kind": "mlp_channels", "ratio": 0.5, "criterion": "activation"}),
     ("mlp-50-reconstruct", {"kind": "mlp_channels", "ratio": 0.5, "criterion": "activation", "reconstruct": True}),
+    ("mlp-50-obs", {"kind": "mlp_channels", "ratio": 0.5, "criterion": "obs"}),
     ("wanda-50-uniform", {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda"}),
     ("wanda-50-owl", {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda", "allocation": "owl"}),
     ("wanda-50-bi", {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda",
@@ -47,6 +49,7 @@ ROWS = [
     ("heads-25", {"kind": "heads", "ratio": 0.25, "criterion": "activation", "mode": "kv_group"}),
     ("heads-25-reconstruct", {"kind": "heads", "ratio": 0.25, "criterion": "activation", "mode": "kv_group",
                               "reconstruct": True}),
+    ("heads-25-obs", {"kind": "heads", "ratio": 0.25, "criterion": "obs", "mode": "kv_group"}),
     ("wanda-2:4", {"kind": "nm", "n": 2, "m": 4, "criterion": "wanda"}),
     ("sparsegpt-2:4", {"kind": "nm", "n": 2, "m": 4, "criterion": "sparsegpt"}),
     ("layers-3-block_influence", {"kind": "layers", "num_layers": 3, "criterion": "block_influence"}),

@@ -226,11 +226,9 @@ def _execution(profile, result, target, *, measure: bool):
         from planner.profile.peaks import measure_local_peaks
 
         flops = measure_local_peaks("fp32", device="cuda" if local.kind == "cuda" else "cpu")["flops"]
-    calibrations = [(c.calibration.num_samples, c.calibration.seq_len) for c in result.candidates] or [(32, 512)]
     return run_execution(profile.model.shape, device=local.label, device_kind=local.kind,
                          available_bytes=local.memory_bytes, serving_dtype=result.workload.dtype, flops=flops,
-                         calibration=max(calibrations, key=lambda c: c[0] * c[1]),
-                         recovery_methods=[c.recovery.method for c in result.candidates], facts=result.facts,
+                         candidates=result.candidates, facts=result.facts,
                          target=target)
 
 

@@ -106,21 +106,30 @@ def write_compressed(model, folder: str | Path) -> int:
             aliases[name] = owners[key]
             continue
         owners[key] = name
-        value = value.detach().to("cpu").contiguous()
-        nonzero = value != 0
-        kept = int(nonzero.sum())
-        dense_bytes = value.numel() * value.element_size()
-        packed_bytes = kept * value.element_size() + (value.numel() + 7) // 8
-        if value.dim() >= 2 and packed_bytes < dense_bytes:
-            tensors[f"{name}.bitmask"] = pack_bits(nonzero)
-            tensors[f"{name}.values"] = value[nonzero].clone()
-            shapes[name] = list(value.shape)
-        else:
-            tensors[name] = value.clone()
-    metadata = {"format": "planner-bitmask-v1", "shapes": json.dumps(shapes), "aliases": json.dumps(aliases)}
+        stored, shape = compress_tensor(name, value)
+        tensors.update(stored)
+        if shape is not None:
+            shapes[name] = shape
+    metadata = compressed_metadata(shapes, aliases)
     path = write_atomic(folder / COMPRESSED_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
                         what="compressed checkpoint")
     return path.stat().st_size
+
+
+def compress_tensor(name: str, value) -> tuple[dict[str, Any], list[int] | None]:
+    """How `write_compressed` stores one tensor: (stored tensors by name, its shape when bit-packed else None)."""
+    value = value.detach().to("cpu").contiguous()
+    nonzero = value != 0
+    kept = int(nonzero.sum())
+    dense_bytes = value.numel() * value.element_size()
+    packed_bytes = kept * value.element_size() + (value.numel() + 7) // 8
+    if value.dim() >= 2 and packed_bytes < dense_bytes:
+        return {f"{name}.bitmask": pack_bits(nonzero), f"{name}.values": value[nonzero].clone()}, list(value.shape)
+    return {name: value.clone()}, None
+
+
+def compressed_metadata(shapes: dict[str, list[int]], aliases: dict[str, str]) -> dict[str, str]:
+    return {"format": "planner-bitmask-v1", "shapes": json.dumps(shapes), "aliases": json.dumps(aliases)}
 
 
 def load_compressed(folder: str | Path) -> dict[str, Any]:

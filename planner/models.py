@@ -292,7 +292,7 @@ def load_model(spec: str | None = None, dtype: str = "fp32", trust_remote_code: 
                device: str = "cpu", with_tokenizer: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer for real computation (eval mode)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from planner.arch import get_adapter
 
@@ -315,15 +315,21 @@ def load_model(spec: str | None = None, dtype: str = "fp32", trust_remote_code: 
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from None
     model.eval().to(device)
-    tokenizer = None
-    if with_tokenizer:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(source.path), trust_remote_code=trust_remote_code)
-        except Exception as exc:
-            raise InputError(f"could not load the tokenizer of {source.spec or source.name!r}: {exc}") from None
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(source, trust_remote_code) if with_tokenizer else None
     return LoadedModel(model, tokenizer, source)
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    """The tokenizer of a model source, with a pad token (its EOS token where it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise InputError(f"could not load the tokenizer of {source.spec or source.name!r}: {exc}") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def build_meta_model(config):

@@ -10,8 +10,10 @@ from planner.arch import get_adapter
 from planner.cli import main
 from planner.decide.execution import run_execution
 from planner.gpus import get_gpu
-from planner.perf.footprint import (PROCESS_BASE_BYTES, embedding_parameters, layer_parameters, parameter_count,
-                                    recovery_bytes)
+from planner.layered.memory import recovery_need
+from planner.perf.footprint import PROCESS_BASE_BYTES, embedding_parameters, layer_parameters, parameter_count
+from planner.prune.specs import CalibrationSpec
+from planner.recover.specs import RecoverySpec
 from tiny import FAMILIES, tiny_config, tiny_model
 
 LLAMA3_70B = {
@@ -19,6 +21,13 @@ LLAMA3_70B = {
     "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
     "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
 }
+
+
+def _candidates(*methods, samples=32, seq_len=512):
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(calibration=CalibrationSpec(num_samples=samples, seq_len=seq_len), prune=None,
+                            recovery=RecoverySpec(method=m)) for m in methods]
 
 
 def _shape(config):
@@ -43,7 +52,7 @@ def test_a_70b_model_runs_layer_by_layer_here_and_serves_on_two_a100s():
     shape = _shape(LlamaConfig(**LLAMA3_70B))
     facts = {"weights_gb": parameter_count(shape) * 2 / 1e9, "kv_cache_gb": 0.2, "gpu_usable_memory_gb": 76.0}
     ex = run_execution(shape, device="cpu (test)", device_kind="cpu", available_bytes=24e9, serving_dtype="bf16",
-                       flops=1e11, calibration=(32, 512), recovery_methods=["none", "distill", "lora"], facts=facts,
+                       flops=1e11, candidates=_candidates("none", "distill", "lora"), facts=facts,
                        target=get_gpu("a100-80gb-sxm"))
     params = parameter_count(shape)
     here, gpu = ex.here, ex.on_target
@@ -54,7 +63,9 @@ def test_a_70b_model_runs_layer_by_layer_here_and_serves_on_two_a100s():
     assert here.layer_bytes == layer_parameters(shape) * 4 < here.layered_minimum_bytes < 24e9
     assert gpu.run_dtype == "bf16" and gpu.weights_bytes == params * 2 and gpu.mode == "layer-by-layer"
     assert ex.recovery_method == "distill"  # the most demanding of the candidates'
-    assert here.recovery_bytes == recovery_bytes(shape, "distill") > 20 * params and here.recovery_fits is False
+    need = recovery_need(shape, shape, RecoverySpec(method="distill")).total
+    assert here.recovery_bytes == int(PROCESS_BASE_BYTES + need) and need > 16 * params  # weights x2, grads, AdamW
+    assert here.recovery_fits is False
     assert ex.target_gpus == 2  # 141 GB of bf16 weights on 76 GB usable
     # compute time of the passes: 2 FLOPs per weight per token, calibration (16,384) + held-out (16,384) tokens
     assert here.pass_minutes == pytest.approx(gpu.pass_minutes * get_gpu("a100-80gb-sxm").peak_flops("bf16") / 1e11)
@@ -68,12 +79,12 @@ def test_small_models_run_in_memory_and_nothing_fits_in_too_little():
 
     shape = _shape(tiny_config("llama"))
     ex = run_execution(shape, device="cpu", device_kind="cpu", available_bytes=24e9, serving_dtype="bf16",
-                       flops=None, calibration=(8, 64), recovery_methods=["lora"])
+                       flops=None, candidates=_candidates("lora", samples=8, seq_len=64))
     assert ex.here.mode == "in-memory" and ex.here.recovery_fits is True and ex.here.pass_minutes is None
     assert ex.on_target is None and ex.target_gpus is None
     big = _shape(LlamaConfig(**LLAMA3_70B))
     tight = run_execution(big, device="cpu", device_kind="cpu", available_bytes=4e9, serving_dtype="bf16", flops=None,
-                          calibration=(32, 512))
+                          candidates=_candidates("none"))
     assert tight.here.mode == "does-not-fit" and tight.recovery_method is None
 
 

@@ -129,6 +129,34 @@ def test_results_without_slices_fail_a_slice_threshold():
     assert [(r.slice, r.status) for r in report.rows] == [("*", "missing")]
 
 
+def _failure(rank: int) -> dict:
+    return {"rank": rank, "name": f"candidate-{rank}", "label": f"candidate {rank}", "stage": f"recover:{rank}",
+            "error_type": "OutOfMemoryError", "message": "CUDA out of memory"}
+
+
+def test_a_failed_candidate_above_the_best_that_ran_fails_the_gate():
+    data = make_results()
+    data["variants"] = [v for v in data["variants"] if v.get("candidate_rank") != 1]
+    data["failures"] = [_failure(1)]
+    report = check_gate(Results.model_validate(data), GatePolicy(min_speedup=0.5))
+    assert report.variants == ["candidate-2"] and not report.passed
+    (row,) = _rows(report, "candidate_finished")
+    assert (row.variant, row.status, row.measured) == ("candidate-1", "fail", "failed at recover:1")
+    assert "OutOfMemoryError" in row.note and "--resume" in row.note
+    assert [r.status for r in _rows(report, "min_speedup")] == ["pass"]  # the runner-up is still checked
+
+
+def test_a_failed_candidate_below_the_best_does_not_fail_best_but_fails_all():
+    data = make_results()
+    data["failures"] = [_failure(3)]
+    results = Results.model_validate(data)
+    assert check_gate(results, load_policy(EXAMPLE_POLICY)).passed
+    everything = check_gate(results, GatePolicy(variant="all", min_speedup=0.5))
+    assert [(r.check, r.status) for r in everything.rows][-1] == ("candidate_finished", "fail")
+    assert not everything.passed
+    assert check_gate(results, GatePolicy(min_speedup=0.5), variant="candidate-2").passed  # named: its own figures
+
+
 def test_results_with_no_pruned_variant_fail():
     data = make_results()
     data["variants"] = data["variants"][:1]

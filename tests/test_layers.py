@@ -33,9 +33,10 @@ LAYERS: list[list[str]] = [
     # loading models, the performance model, profiling
     ["planner.models", "planner.perf", "planner.profile"],
     # what a run does to a model
-    # (the latency benchmark delegates to vLLM's own through planner.vllm_bench)
+    # (the latency benchmark delegates to vLLM's own through planner.vllm_bench; planner.layered prunes and
+    # evaluates a model larger than memory one decoder layer at a time, through the same engines)
     ["planner.prune", "planner.quant", "planner.recover", "planner.evaluate", "planner.export", "planner.latency",
-     "planner.vllm_bench"],
+     "planner.vllm_bench", "planner.layered"],
     # pruning kinds: each kind ties its spec and engine (planner.prune) to its shape and size formulas
     # (planner.profile.roofline), so it sits above both, and below the decision that asks it; the quality probe
     # applies steps (prune, quant) and measures them (evaluate) for the decision

@@ -114,12 +114,44 @@ def test_wanda_scores_are_weight_magnitude_times_input_norm():
     with stats, torch.no_grad():
         layer(x[:1])
         layer(x[1:])
-    by_hand = torch.empty(3, 6)
+    by_hand = torch.empty(3, 6, dtype=torch.float64)
     for i in range(3):
         for j in range(6):
-            by_hand[i, j] = abs(float(layer.weight[i, j].detach())) * float(x[..., j].pow(2).sum().sqrt())
+            by_hand[i, j] = abs(float(layer.weight[i, j].detach())) * float(x[..., j].double().pow(2).sum().sqrt())
     torch.testing.assert_close(wanda_scores(layer.weight, stats.input_sq_sum("lin")), by_hand)
     assert stats.tokens["lin"] == 10
+
+
+def test_input_sums_are_exact_to_float64_whatever_the_chunking():
+    gen = torch.Generator().manual_seed(4)
+    layer = torch.nn.Linear(4, 2, bias=False)
+    # a wide dynamic range, where float32 sums lose ~1e-7 of the total depending on the order of the additions
+    x = torch.randn(64, 50, 4, generator=gen) * torch.logspace(-3, 3, 64).view(64, 1, 1)
+    exact = x.double().square().sum(dim=(0, 1))
+    for chunk in (1, 5, 64):
+        stats = InputStats({"lin": layer}, hessian=False)
+        with stats, torch.no_grad():
+            for start in range(0, 64, chunk):
+                layer(x[start : start + chunk])
+        got = stats.input_sq_sum("lin")
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, exact, rtol=1e-12, atol=0)
+
+
+def test_wanda_masks_do_not_depend_on_how_the_calibration_tokens_are_chunked():
+    """The per-input sums are float64, and a layer's forward is batch-invariant, so the same tokens give the same
+    masks whether they pass one sample or several at a time (in float32 the sums' rounding moved near-ties)."""
+    import planner.prune.masked  # noqa: F401
+
+    ids = example_ids(8, 24, seed=2)
+    masks = []
+    for chunk in (1, 3, 8):
+        model = tiny_model("llama")
+        result = apply_pruning(model, SemiStructuredPruning(n=2, m=4, criterion="wanda"), ids, progress=False,
+                               chunk_samples=chunk)
+        masks.append(result.masks)
+    for other in masks[1:]:
+        assert all(torch.equal(masks[0][name], other[name]) for name in masks[0])
 
 
 def test_sparsegpt_at_zero_sparsity_leaves_the_weight_unchanged():

@@ -7,6 +7,9 @@ examples:
   plan run plan.json                              the top candidate; writes runs/plan-<hash>/results.json
   plan run plan.json --candidate 2 --out runs/c2  the second-ranked candidate into a chosen folder
   plan run plan.json --all 3                      the top three candidates, side by side
+  plan run plan.json --all 3 --executor ray       the same, one Ray task per candidate on a local Ray instance
+  plan run plan.json --all 8 --executor ray --ray-address ray://head:10001 --out /shared/runs/sweep
+                                                  on a Ray cluster; --out on storage every node reaches
   plan run plan.json --resume                     continue an interrupted run; finished stages are skipped
   plan run plan.json --eval-text notes.txt --eval-prompts product.jsonl
                                                   add your own text (perplexity) and prompts (agreement)
@@ -15,11 +18,14 @@ examples:
                                                   lm-evaluation-harness task scores, dense and candidate
   plan run plan.json --gate examples/gate-tasks.yaml --track mlflow:./mlruns
                                                   gate the results, log everything to MLflow
+  plan run plan.json --max-memory 2GB             a model larger than 2 GB: pruned and evaluated layer by layer
 
 Prompt files hold one JSON object per line: {"id": "...", "prompt": "...", "gold": "optional answer",
 "match": "exact|number|word|prefix", "chat": true, "max_new_tokens": 32}.
 Latency is measured on this machine (dense and pruned interleaved); the plan's predictions are projected to its
-target GPU. Both are shown side by side, never one as the other.
+target GPU. Both are shown side by side, never one as the other. Under --executor ray too, latency is measured here,
+after every candidate task has finished. A candidate that fails is recorded with its error while the others
+finish: results.json and report.html are written, the failures printed, and the exit code is 3.
 """
 
 
@@ -38,6 +44,14 @@ def register(sub) -> None:
                       "(default 1, the top one)")
     pick.add_argument("--all", type=int, default=None, metavar="K", dest="all_top", help="run the top K candidates")
     p.add_argument("--resume", action="store_true", help="continue the run in the folder, skipping finished stages")
+    p.add_argument("--executor", default="sequential", metavar="NAME",
+                   help="where the candidates run: sequential (default, one after another in this process) or ray "
+                        "(one Ray task per candidate; pip install 'planner[ray]'). The dense baseline runs once "
+                        "first and latency runs last, in this process, with no task running")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: join this Ray cluster instead of starting a local Ray instance: auto "
+                        "(RAY_ADDRESS, or a cluster started on this machine), host:port of its head node, or "
+                        "ray://host:port of its Ray Client server; --out must then be on storage every node reaches")
     p.add_argument("--eval-text", action="append", default=[], metavar="FILE",
                    help="your own text file for perplexity (repeatable)")
     p.add_argument("--eval-prompts", action="append", default=[], metavar="FILE",
@@ -62,6 +76,12 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; the "
                                                                  "results record it with the device)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory this run's process may take, e.g. 2GB, 1500MB, 1.5GiB (default: the RAM "
+                        "available). A model whose fp32 weights held twice (teacher and student) beside the "
+                        "interpreter exceed it is pruned and evaluated one decoder layer at a time from disk; "
+                        "agreement then generates with disk offload, and a variant too large to time is left out of "
+                        "the latency table, with the reason")
     p.add_argument("--load", default=None, metavar="RATES",
                    help="then serve every variant in-process under Poisson traffic at these request rates (req/s, "
                         "comma-separated) or 'auto' (low, 70%% and 95%% of the dense model's measured capacity): "
@@ -118,6 +138,10 @@ def run(args) -> int:
     if args.lm_eval_tasks is not None:
         options.lm_eval_tasks = [t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()]
     options.lm_eval_limit, options.lm_eval_include = args.lm_eval_limit, list(args.lm_eval_include)
+    if args.max_memory is not None:
+        from planner.layered.memory import parse_size
+
+        options.max_memory = parse_size(args.max_memory)  # a bad size exits 2, naming the accepted forms
     tracker = None
     if args.track:
         from planner.track import parse_tracker
@@ -130,12 +154,14 @@ def run(args) -> int:
         policy = load_policy(args.gate)  # a bad policy fails before any work
     try:
         results = run_plan(args.plan, out_dir=args.out, candidate=args.candidate, all_top=args.all_top,
-                           resume=args.resume, options=options)
-    except RunIncomplete as exc:  # results.json written, report.html not: still log what was measured
+                           resume=args.resume, options=options, executor=args.executor, ray_address=args.ray_address)
+    except RunIncomplete as exc:  # results.json written, but a candidate failed or report.html is missing
         if tracker is not None and getattr(exc, "results", None) is not None:
             from planner.track import track_run
 
             track_run(tracker, exc.results)
+        if getattr(exc, "results", None) is not None:
+            _print_incomplete(exc.results, args)
         raise
     gate_report = None
     if policy is not None:
@@ -188,6 +214,34 @@ def run(args) -> int:
         if not gate_report.passed:
             raise GateFailed(verdict_line(gate_report).removeprefix("FAIL: "))
     return 0
+
+
+def _print_incomplete(results, args) -> None:
+    """What a run that ended incomplete did measure, and the candidates that failed (the error message follows)."""
+    if args.json:
+        from planner.cli._out import print_json
+
+        print_json(results)
+        return
+    if args.quiet:
+        return
+    print_summary(results)
+    print_failures(results)
+
+
+def print_failures(results) -> None:
+    if not results.failures:
+        return
+    from rich.table import Table
+
+    from planner.cli._out import console, escape
+
+    table = Table(title="failed candidates (the others finished; --resume retries these)", title_justify="left")
+    for col in ("rank", "candidate", "stage", "error"):
+        table.add_column(col, justify="right" if col == "rank" else "left")
+    for f in results.failures:
+        table.add_row(str(f.rank), escape(f.label or f.name), escape(f.stage), escape(f.error[:300]))
+    console().print(table)
 
 
 def _print_quality_vs_prediction(results) -> None:

@@ -2,10 +2,11 @@
 
 A plan made from a config only (a 70B model on a laptop) cannot be run where it was made, and a user needs to know
 before renting a machine what `plan run` would need: the plan carries `RunExecution`, projected from the config
-(`planner.perf.footprint`) and this machine's measured GEMM rate; nothing in it is measured.
+(`planner.perf.footprint`, `planner.layered.memory`) and this machine's measured GEMM rate; nothing in it is measured.
 
     execution = run_execution(shape, device="cpu (...)", device_kind="cpu", available_bytes=24e9,
-                              serving_dtype="bf16", flops=2.1e11, calibration=(32, 512), target=get_gpu("a100"))
+                              serving_dtype="bf16", flops=2.1e11, candidates=plan.candidates,
+                              target=get_gpu("a100"))
     execution.here.mode       # "in-memory" | "layer-by-layer" | "does-not-fit" (here: this machine)
     execution.on_target       # the same on one target GPU, at its datasheet memory and peak
     execution.lines()         # what `plan` prints
@@ -19,10 +20,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from planner.arch import ModelShape
-from planner.perf.footprint import Footprint, linear_parameters, recovery_bytes
+from planner.perf.footprint import (PROCESS_BASE_BYTES, dtype_bytes, embedding_parameters, in_memory_bytes,
+                                    layer_parameters, linear_parameters, parameter_count)
 
 ExecutionMode = Literal["in-memory", "layer-by-layer", "does-not-fit"]
 HELDOUT_PASS_TOKENS = 16_384  # `plan run`'s default held-out perplexity tokens (--ppl-tokens)
+PPL_SEQ_LEN = 512  # `plan run`'s default perplexity window (--ppl-seq-len)
+DEFAULT_CALIBRATION = (32, 512)  # CalibrationSpec's defaults (samples, tokens each)
 # a disk read rate to put the streamed bytes in minutes: an example the printout names ("at 1 GB/s"), not a claim
 # about any disk; scale it to yours
 EXAMPLE_READ_RATE = 1e9
@@ -105,14 +109,22 @@ def _minutes(m: float) -> str:
 
 
 def placement(shape: ModelShape, *, device: str, run_dtype: str, available_bytes: float | None, flops: float | None,
-              rate: str, calibration: tuple[int, int], recovery_method: str | None) -> Placement:
+              rate: str, calibration: tuple[int, int], hessian: bool, recovery=None) -> Placement:
+    """`plan run` on one device. `hessian`: a candidate prunes with SparseGPT (its Gram matrices count);
+    `recovery`: the most demanding candidate's RecoverySpec, or None."""
+    from planner.layered.memory import layered_minimum, recovery_need
+
     samples, seq_len = calibration
     tokens = samples * seq_len
-    fp = Footprint.of(shape, run_dtype, tokens, seq_len)
+    b = dtype_bytes(run_dtype)
+    in_memory = in_memory_bytes(shape, "fp32")  # the in-memory stages hold fp32 on any device (planner.run.stages)
+    minimum = int(PROCESS_BASE_BYTES + layered_minimum(
+        shape, compute_bytes=b, calibration_tokens=tokens, eval_tokens=HELDOUT_PASS_TOKENS,
+        seq_len=max(seq_len, PPL_SEQ_LEN), hessian=hessian).total)
     available = int(available_bytes) if available_bytes else None
-    if available is None or fp.in_memory <= available:
+    if available is None or in_memory <= available:
         mode: ExecutionMode = "in-memory"
-    elif fp.layered_minimum <= available:
+    elif minimum <= available:
         mode = "layer-by-layer"
     else:
         mode = "does-not-fit"
@@ -120,40 +132,39 @@ def placement(shape: ModelShape, *, device: str, run_dtype: str, available_bytes
     # ones through the output head too
     pass_flops = 2 * linear_parameters(shape) * (tokens + HELDOUT_PASS_TOKENS) \
         + 2 * shape.vocab_size * shape.hidden_size * HELDOUT_PASS_TOKENS
-    rec = recovery_bytes(shape, recovery_method) if recovery_method else None
-    return Placement(device=device, run_dtype=run_dtype, weights_bytes=fp.weights, layer_bytes=fp.layer,
-                     embedding_bytes=fp.embeddings, in_memory_bytes=fp.in_memory,
-                     layered_minimum_bytes=fp.layered_minimum, available_bytes=available, mode=mode,
+    rec = int(PROCESS_BASE_BYTES + recovery_need(shape, shape, recovery).total) if recovery is not None else None
+    return Placement(device=device, run_dtype=run_dtype, weights_bytes=parameter_count(shape) * b,
+                     layer_bytes=layer_parameters(shape) * b, embedding_bytes=embedding_parameters(shape) * b,
+                     in_memory_bytes=in_memory, layered_minimum_bytes=minimum, available_bytes=available, mode=mode,
                      recovery_bytes=rec, recovery_fits=None if rec is None or available is None else rec <= available,
                      pass_minutes=pass_flops / flops / 60 if flops else None, rate=rate if flops else "")
 
 
 def run_execution(shape: ModelShape, *, device: str, device_kind: str, available_bytes: float | None,
-                  serving_dtype: str, flops: float | None, calibration: tuple[int, int], recovery_methods=(),
-                  facts: dict | None = None, target=None) -> RunExecution:
-    """`calibration`: (samples, seq_len) of the largest calibration among the candidates; `recovery_methods`: the
-    candidates' recovery methods ("none" ignored); `facts`: the plan's facts (weights_gb, kv_cache_gb,
-    gpu_usable_memory_gb) for the serving GPU count; `target`: the plan's GPU (planner.gpus), None or the local
-    CPU for none."""
-    method = _most_demanding([m for m in recovery_methods if m and m != "none"])
+                  serving_dtype: str, flops: float | None, candidates=(), facts: dict | None = None,
+                  target=None) -> RunExecution:
+    """`candidates`: the plan's (their calibration, pruning criterion and recovery set the working set and the
+    recovery's need); `facts`: the plan's facts (weights_gb, kv_cache_gb, gpu_usable_memory_gb) for the serving GPU
+    count; `target`: the plan's GPU (planner.gpus), None for none."""
+    from planner.layered.memory import recovery_need
+
+    calibration = max(((c.calibration.num_samples, c.calibration.seq_len) for c in candidates),
+                      key=lambda c: c[0] * c[1], default=DEFAULT_CALIBRATION)
+    hessian = any(getattr(c.prune, "criterion", None) == "sparsegpt" for c in candidates)
+    recoveries = [c.recovery for c in candidates if c.recovery.method != "none"]
+    recovery = max(recoveries, key=lambda r: recovery_need(shape, shape, r).total, default=None)
+    common = dict(calibration=calibration, hessian=hessian, recovery=recovery)
     here = placement(shape, device=f"this machine, {device}", run_dtype="fp32" if device_kind == "cpu"
                      else serving_dtype, available_bytes=available_bytes, flops=flops,
-                     rate="this machine's measured GEMM rate", calibration=calibration, recovery_method=method)
+                     rate="this machine's measured GEMM rate", **common)
     on_target = None
     if target is not None and getattr(target, "memory_bytes", None) and not getattr(target, "measured_local", False):
         peak = target.peak_flops(serving_dtype) if serving_dtype in ("bf16", "fp16", "fp32") else None
         on_target = placement(shape, device=f"one {target.id}", run_dtype=serving_dtype,
                               available_bytes=target.memory_bytes, flops=peak,
-                              rate=f"{target.id} datasheet {serving_dtype} peak", calibration=calibration,
-                              recovery_method=method)
-    return RunExecution(here=here, on_target=on_target, recovery_method=method,
+                              rate=f"{target.id} datasheet {serving_dtype} peak", **common)
+    return RunExecution(here=here, on_target=on_target, recovery_method=recovery.method if recovery else None,
                         target_gpus=_target_gpus(facts or {}), target_gpu=getattr(target, "id", "") or "")
-
-
-def _most_demanding(methods: list[str]) -> str | None:
-    if not methods:
-        return None
-    return next((m for m in methods if m != "lora"), methods[0])
 
 
 def _target_gpus(facts: dict) -> int | None:

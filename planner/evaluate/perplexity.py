@@ -20,6 +20,11 @@ def perplexity(model, tokenizer, text: str, seq_len: int = 512, max_tokens: int 
 def perplexity_of_tokens(model, ids: list[int], seq_len: int = 512, max_tokens: int | None = 16_384,
                          batch_size: int = 4, progress: bool = False) -> dict:
     """perplexity() of an already tokenized text (a caller evaluating many models tokenizes once)."""
+    return perplexity_of_ids(model, token_windows(ids, seq_len, max_tokens), batch_size, progress)
+
+
+def token_windows(ids: list[int], seq_len: int, max_tokens: int | None):
+    """The first `max_tokens` of `ids` as a (windows, seq_len) LongTensor of whole windows."""
     import torch
 
     if max_tokens is not None:
@@ -27,8 +32,7 @@ def perplexity_of_tokens(model, ids: list[int], seq_len: int = 512, max_tokens: 
     windows = len(ids) // seq_len
     if windows < 1:
         raise InputError(f"evaluation text has {len(ids)} tokens; need at least seq_len={seq_len}")
-    data = torch.tensor(ids[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
-    return perplexity_of_ids(model, data, batch_size, progress)
+    return torch.tensor(ids[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
 
 
 def perplexity_of_ids(model, data, batch_size: int = 4, progress: bool = False) -> dict:

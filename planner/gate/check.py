@@ -217,7 +217,8 @@ def check_gate(results, policy: GatePolicy, *, variant: str | None = None, resul
     rows: list[GateRow] = []
     for v in chosen:
         rows += check_variant(results, v, policy)
-    if not chosen:
+    rows += _failure_rows(results, chosen, variant or policy.variant)
+    if not chosen and not rows:
         # nothing pruned was run: every threshold is a missing figure
         for check in policy.thresholds_set():
             rows.append(GateRow(check=check, variant="(none)", subject="a pruned variant", op="==",
@@ -227,6 +228,22 @@ def check_gate(results, policy: GatePolicy, *, variant: str | None = None, resul
                       target_gpu=results.plan.gpu, measured_on=results.provenance.device.label,
                       variants=[v.name for v in chosen], rows=rows,
                       warnings=cross_check_latency(results, results_path))
+
+
+def _failure_rows(results, chosen: list, which: str) -> list[GateRow]:
+    """A sweep's failed candidates the policy would have gated (`plan run --all K`, results.failures): under "all"
+    every one; under "best" one ranked above the best candidate that ran (the gate must not silently judge the
+    runner-up). Each is a failed row: a candidate that did not finish cannot pass a pre-launch gate."""
+    failures = list(getattr(results, "failures", None) or [])
+    if which == "best":
+        best = min((v.candidate_rank for v in chosen if v.candidate_rank is not None), default=None)
+        failures = [f for f in failures if best is None or f.rank < best][:1]
+    elif which != "all":
+        return []
+    return [GateRow(check="candidate_finished", variant=f.name or f"candidate {f.rank}",
+                    subject=f"candidate {f.rank} ({f.label}) ran to the end", op="==", threshold="finished",
+                    measured=f"failed at {f.stage}", status="fail",
+                    note=f"{f.error}; `plan run --resume` retries it") for f in sorted(failures, key=lambda f: f.rank)]
 
 
 def cross_check_latency(results, results_path: str | None) -> list[str]:

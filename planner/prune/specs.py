@@ -89,9 +89,10 @@ class MlpChannelPruning(_Spec):
 
     kind: Literal["mlp_channels"] = "mlp_channels"
     ratio: float = Field(..., ge=0.0, lt=1.0)
-    criterion: Literal["magnitude", "activation", "taylor"] = "activation"
+    criterion: Literal["magnitude", "activation", "taylor", "obs"] = "activation"
     round_to: int = Field(1, ge=1)
-    # re-fit down_proj on calibration activations after the cut (planner/prune/structured/reconstruct.py)
+    # re-fit down_proj on calibration activations after the cut (planner/prune/structured/reconstruct.py);
+    # criterion 'obs' chooses the channels by that re-fit's error and always re-fits
     reconstruct: bool = False
 
 
@@ -101,9 +102,10 @@ class HeadPruning(_Spec):
 
     kind: Literal["heads"] = "heads"
     ratio: float = Field(..., ge=0.0, lt=1.0)
-    criterion: Literal["magnitude", "activation", "taylor"] = "activation"
+    criterion: Literal["magnitude", "activation", "taylor", "obs"] = "activation"
     mode: Literal["kv_group", "per_group"] = "kv_group"
-    # re-fit o_proj on calibration activations after the cut (planner/prune/structured/reconstruct.py)
+    # re-fit o_proj on calibration activations after the cut (planner/prune/structured/reconstruct.py);
+    # criterion 'obs' chooses the heads by that re-fit's error and always re-fits
     reconstruct: bool = False
 
 

@@ -290,6 +290,7 @@ def build_context(results, profile=None, plan=None, problems: dict[str, str] | N
         "verdict": verdict(results, rows, budget, budget_source),
         "budget": budget,
         "rows": rows,
+        "failures": list(getattr(results, "failures", [])),  # candidates whose stages stopped with an error
         "slices": slice_rows(results),
         "lm_eval": lm_eval_rows(results),
         "recovery": recovery_rows(results),

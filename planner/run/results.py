@@ -237,6 +237,8 @@ class Quality(_Doc):
     user_text_ppl: float | None = Field(None, gt=0)
     user_text_tokens: int | None = Field(None, ge=0)
     slices: dict[str, SliceAgreement] = Field(default_factory=dict)
+    # how this variant was evaluated when it did not fit in memory (--max-memory), and what was left out and why
+    notes: list[str] = Field(default_factory=list)
 
 
 Millis = Annotated[float, Field(ge=0)]  # a measured duration
@@ -468,6 +470,23 @@ class StageTiming(_Doc):
     status: Literal["done", "resumed"] = "done"  # resumed: read from a finished stage of an earlier run
 
 
+class CandidateFailure(_Doc):
+    """A candidate of a sweep whose stages stopped with an error; the other candidates ran on (`plan run --all K`).
+    `plan run --resume` retries it from its first unfinished stage."""
+
+    rank: int  # PlanSummary.candidates[...].rank
+    name: str = ""
+    label: str = ""
+    stage: str  # the stage that raised, e.g. "recover:2"
+    error_type: str  # the exception's class, e.g. "RuntimeError", "OutOfMemoryError"
+    message: str
+    traceback: str = ""  # the end of the traceback, for whoever debugs it (not shown in the report)
+
+    @property
+    def error(self) -> str:
+        return f"{self.error_type}: {self.message}" if self.message else self.error_type
+
+
 class SpeedupCheck(_Doc):
     """Predicted (projected to the target GPU) against measured (on this device) for the goal metric."""
 
@@ -487,6 +506,7 @@ class Results(_Doc):
     variants: list[Variant]
     stages: list[StageTiming] = Field(default_factory=list)
     load: LoadResults | None = None  # `plan run --load`: latency under traffic, per variant and request rate
+    failures: list[CandidateFailure] = Field(default_factory=list)  # candidates that stopped with an error
 
     @model_validator(mode="after")
     def _check(self) -> "Results":
@@ -495,6 +515,9 @@ class Results(_Doc):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat: {names}")
+        both = {v.candidate_rank for v in self.variants} & {f.rank for f in self.failures}
+        if both:
+            raise ValueError(f"candidates {sorted(both)} are recorded both as a variant and as a failure")
         return self
 
     def variant(self, name: str) -> Variant:

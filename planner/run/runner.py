@@ -1,35 +1,36 @@
 """The runner: plan.json -> prune -> recover -> export -> evaluate -> benchmark -> results.json (+ report.html).
 
 Stages, in order: teacher (the dense model's greedy continuations of every prompt set), quality:dense, then per
-candidate prune:<rank>, recover:<rank>, quality:<rank>, and finally latency (all variants interleaved). Each stage
-body is a function of `planner.run.stages`; this module orders them, records each finished one in the run folder
-(`planner.run.folder`), and assembles results.json from their outputs. `resume=True` skips every stage whose record
-exists; the pruned and recovered models come back from their exported checkpoints. Every write is atomic (temporary
-name + rename), so Ctrl-C or a kill leaves only finished stages behind.
+candidate prune:<rank>, recover:<rank>, quality:<rank> (`planner.run.pipeline`, run by an executor: one after another
+here, or as Ray tasks, `planner.run.executors`), and finally latency (all variants interleaved, in this process, after
+every candidate finished). Each stage body is a function of `planner.run.stages`; this module orders them, records
+each finished one in the run folder (`planner.run.folder`), and assembles results.json from their outputs. A
+candidate whose stage fails is recorded in results.json with its error while the others run on; the run then ends
+with RunIncomplete (exit 3) after writing results and report. `resume=True` skips every stage whose record exists
+(a failed candidate is retried from its first unfinished stage); the pruned and recovered models come back from
+their exported checkpoints. Every write is atomic (temporary name + rename), so Ctrl-C or a kill leaves only
+finished stages behind.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
-import time
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from planner.console import say
 from planner.errors import InputError, RunIncomplete, did_you_mean
+from planner.run.executors import open_executor
 from planner.run.folder import SCRATCH, Manifest, RunFolder, default_run_dir, input_hashes, utc_now
-from planner.run.results import (CandidateSummary, PlanSummary, Provenance, Quality, Results, StageTiming, Variant,
-                                 save_results)
-from planner.run.stages import (LatencyOutput, PruneOutput, QuantizeOutput, RecoverOutput, RunInputs, RunOptions,
-                                TeacherOutput, run_latency, run_prune, run_quality, run_quantize, run_recover,
-                                run_teacher)
-
-from planner.run.results import LmEvalScores
-from planner.run.stages import run_lm_eval
+from planner.run.pipeline import CandidateOutcome, StageLog, stage_order
+from planner.run.results import (CandidateSummary, LmEvalScores, PlanSummary, Provenance, Quality, Results,
+                                 StageTiming, Variant, save_results)
+from planner.run.stages import (LatencyOutput, RunInputs, RunOptions, TeacherOutput, run_latency, run_lm_eval,
+                                run_quality, run_teacher)
 
 Output = TypeVar("Output", bound=BaseModel)
 
@@ -93,33 +94,21 @@ class Runner:
         self.opt = options
         self.manifest = manifest
         self.device = device
-        self.timings: list[StageTiming] = []
+        self.order = stage_order(candidates, options)
+        self.log = StageLog(folder, self.order, options.progress)
         self.lm_eval: dict[int | str, LmEvalScores] = {}  # --lm-eval-tasks: "dense" or a candidate's rank -> scores
         self.model_spec = plan_model_spec(plan)
         self.inputs = RunInputs(plan, folder, options, device, self.model_spec)
+        self.executor = None  # planner.run.executors: runs the candidates' pipelines
 
-    def stage(self, name: str, fn: Callable[[], Output], output: type[Output], number: int, total: int) -> Output:
+    @property
+    def timings(self) -> list[StageTiming]:
+        return self.log.timings
+
+    def stage(self, name: str, fn: Callable[[], Output], output: type[Output], record: bool = True) -> Output:
         """The output of stage `name`: read back from its record when an earlier run finished it, else computed by
-        `fn` and recorded."""
-        if self.folder.done(name):
-            record = self.folder.read(name)
-            try:
-                result = output.model_validate(record["output"])
-            except ValidationError as exc:
-                from planner.documents import describe_validation
-
-                raise InputError(f"stage output {str(self.folder.marker(name))!r} is not a finished stage record "
-                                 f"({describe_validation(exc)}){self.folder.redo_hint(name)}") from None
-            self.timings.append(StageTiming(name=name, seconds=float(record.get("seconds", 0.0)), status="resumed"))
-            say(f"[dim]stage {number}/{total} {name}: finished earlier, skipped[/]", self.opt.progress)
-            return result
-        say(f"[bold]stage {number}/{total}[/] {name}", self.opt.progress)
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        self.folder.write(name, seconds, result.model_dump(mode="json"))
-        self.timings.append(StageTiming(name=name, seconds=seconds, status="done"))
-        return result
+        `fn` and recorded (unless `record` is False)."""
+        return self.log.stage(name, fn, output, record)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------
@@ -136,9 +125,14 @@ def _options(options: RunOptions | None, kwargs: dict[str, Any]) -> RunOptions:
 
 def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate: int | None = None,
              all_top: int | None = None, resume: bool = False, options: RunOptions | None = None,
-             **kwargs) -> Results:
+             executor: str = "sequential", ray_address: str | None = None, **kwargs) -> Results:
     """Run the plan's chosen candidate (rank `candidate`, default 1; or the top `all_top`) against the dense
     model and write results.json (and report.html) into the run folder. Returns the Results document.
+
+    `executor`: "sequential" (the candidates one after another in this process) or "ray" (one Ray task each, on a
+    local Ray instance or on the cluster at `ray_address`; planner.run.executors). A candidate that fails is
+    recorded in results.json while the others run on; the run then raises RunIncomplete (exit 3) once results.json
+    and report.html are written (its `.results` holds them).
 
     The run folder is new, empty, or a run of this tool; a folder of other files is refused, and nothing but the
     run's own scratch folder is ever deleted. A run that fails its input checks before its first stage leaves no
@@ -147,13 +141,16 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     from planner.decide.plan import load_plan
     from planner.models import resolve_source
     from planner.profile.device import pick_device
-    from planner.run.provenance import device_info, model_hash, package_versions, sha256_file
+    from planner.run.executors import check_executor
+    from planner.run.provenance import sha256_file
 
     opt = _options(options, kwargs)
+    check_executor(executor, ray_address)
     plan_path = Path(plan_path)
     plan = load_plan(plan_path)
     plan_sha = sha256_file(plan_path)
     cands = select_candidates(plan, candidate, all_top)
+    _check_candidate_inputs(cands)
     ranks = [c.rank for c in cands]
     root = Path(out_dir) if out_dir else default_run_dir(plan_path, plan_sha, ranks)
     folder = RunFolder(root)
@@ -170,14 +167,38 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     if not source.has_weights:
         raise InputError(f"the plan's model {plan.model!r} has no weights (config only); `plan run` needs weights")
     _check_positions(runner, source)
+    for cand in cands:  # layered mode or --max-memory: what cannot run within the memory is refused now
+        runner.inputs.check_candidate(cand)
+    runner.executor = open_executor(executor, ray_address, opt, device)  # Ray joined, or refused, before any work
+    try:
+        results = _start_and_run(runner, source, old, resume, plan_sha, __version__)
+    finally:
+        runner.executor.close()
+    path = save_results(results, root / "results.json", scratch=folder.scratch)
+    say(f"[green]results[/] {path}", opt.progress)
+    problem = _write_report(results, root / "report.html", plan, opt.progress) if opt.report else None
+    folder.clean_partial()
+    if problem or results.failures:
+        error = RunIncomplete(_incomplete(results, path, problem))
+        error.results = results
+        raise error
+    return results
+
+
+def _start_and_run(runner: Runner, source, old: dict, resume: bool, plan_sha: str, version: str) -> Results:
+    """Hash the inputs, start (or resume) the run folder, and run every stage."""
+    from planner.run.provenance import device_info, model_hash, package_versions
+
+    opt, folder = runner.opt, runner.folder
     say(f"hashing inputs (model at {source.path})", opt.progress)
     hashes = input_hashes(plan_sha, model_hash(source.path), opt.eval_text, opt.eval_prompts)
-    devinfo = device_info(device)
-    manifest = Manifest(planner_version=__version__, plan=str(plan_path),
-                        model={"spec": plan.model, "name": source.name, "path": str(source.path)},
-                        input_hashes=hashes, candidates=ranks, options=opt.fingerprint(), packages=package_versions(),
+    devinfo = device_info(runner.device)
+    manifest = Manifest(planner_version=version, plan=str(runner.plan_path),
+                        model={"spec": runner.plan.model, "name": source.name, "path": str(source.path)},
+                        input_hashes=hashes, candidates=[c.rank for c in runner.candidates],
+                        options=opt.fingerprint(), packages=package_versions(),
                         device=devinfo.model_dump(mode="json"), started_at=utc_now())
-    created = folder.start(manifest, old, resume, plan_path, plan)
+    created = folder.start(manifest, old, resume, runner.plan_path, runner.plan)
     runner.manifest = manifest
 
     from transformers.utils import logging as hf_logging
@@ -185,9 +206,9 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the stages report their own progress; weight-loading bars are noise
     try:
-        results = _run_stages(runner, source, devinfo)
+        return _run_stages(runner, source, devinfo)
     except KeyboardInterrupt:
-        say(f"[yellow]interrupted[/]: finished stages are kept in {root}; continue with --resume", True)
+        say(f"[yellow]interrupted[/]: finished stages are kept in {folder.root}; continue with --resume", True)
         raise
     except InputError:
         if not resume and not folder.finished_stages():
@@ -196,16 +217,31 @@ def run_plan(plan_path: str | Path, out_dir: str | Path | None = None, candidate
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    path = save_results(results, root / "results.json", scratch=folder.scratch)
-    say(f"[green]results[/] {path}", opt.progress)
-    problem = _write_report(results, root / "report.html", plan, opt.progress) if opt.report else None
-    folder.clean_partial()
-    if problem:
-        error = RunIncomplete(f"results.json was written to {str(path)!r}, but report.html was not ({problem}); "
-                              f"rebuild it with `plan report {path}`")
-        error.results = results
-        raise error
-    return results
+
+
+def _incomplete(results: Results, path: Path, report_problem: str | None) -> str:
+    """The message of a run that wrote results.json but not everything it promised."""
+    parts = []
+    if results.failures:
+        failed = "; ".join(f"candidate {f.rank} ({f.label or f.name}) in {f.stage}: {f.error_type}: "
+                           f"{f.message[:200]}" for f in results.failures)
+        parts.append(f"{len(results.failures)} of {len(results.plan.candidates)} candidates failed ({failed}); "
+                     f"results.json {str(path)!r} holds the others; retry the failed ones with --resume")
+    if report_problem:
+        parts.append(f"results.json was written to {str(path)!r}, but report.html was not ({report_problem}); "
+                     f"rebuild it with `plan report {path}`")
+    return "; ".join(parts)
+
+
+def _check_candidate_inputs(cands) -> None:
+    """Text files a candidate's calibration or recovery names: a missing one fails now, not hours into the run."""
+    from planner.documents import check_file
+
+    for c in cands:
+        for f in c.calibration.text_files:
+            check_file(f, f"calibration text file of candidate {c.rank}")
+        for f in c.recovery.text_files if c.recovery is not None else ():
+            check_file(f, f"recovery text file of candidate {c.rank}")
 
 
 def _check_positions(runner: Runner, source) -> None:
@@ -220,78 +256,68 @@ def _check_positions(runner: Runner, source) -> None:
 
 
 def _run_stages(runner: Runner, source, devinfo) -> Results:
-    """Every stage in order (each skipped when finished earlier), then the results document from their outputs."""
-    inputs, folder, cands = runner.inputs, runner.folder, runner.candidates
+    """The dense baseline, every candidate's stages (through the executor), latency and load, each skipped when
+    finished earlier; then the results document from their outputs."""
+    inputs, folder = runner.inputs, runner.folder
     if runner.opt.eval_text and not folder.done("quality:dense"):
         need, have = inputs.seq_len(inputs.dense.model), len(inputs.tokens("user"))
         if have < need:  # fail before hours of work, not in the middle
             raise InputError(f"--eval-text {', '.join(runner.opt.eval_text)} has {have} tokens; perplexity needs "
                              f"at least one window of {need} (use more text or a smaller --ppl-seq-len)")
-    total = 3 + 3 * len(cands) + sum(1 for c in cands if c.quantize is not None) + (1 if runner.opt.load else 0)
-    if runner.opt.lm_eval_tasks:
-        total += 1 + len(cands)  # lm-eval:dense and lm-eval:<rank>
-    n = iter(range(1, total + 1))
-    teacher = runner.stage("teacher", lambda: run_teacher(inputs), TeacherOutput, next(n), total)
+    teacher = runner.stage("teacher", lambda: run_teacher(inputs), TeacherOutput)
     dense_quality = runner.stage("quality:dense", lambda: run_quality(inputs, inputs.dense.model, teacher.traces),
-                                 Quality, next(n), total)
+                                 Quality)
     if runner.opt.lm_eval_tasks:
         runner.lm_eval["dense"] = runner.stage(
-            "lm-eval:dense", lambda: run_lm_eval(inputs, inputs.dense.model, str(source.path)), LmEvalScores,
-            next(n), total)
-    per_cand: list[tuple[Any, PruneOutput, RecoverOutput, QuantizeOutput | None, Quality]] = []
-    for cand in cands:
-        pruned = runner.stage(f"prune:{cand.rank}", lambda c=cand: run_prune(inputs, c), PruneOutput, next(n), total)
-        recovered = runner.stage(f"recover:{cand.rank}", lambda c=cand, p=pruned: run_recover(inputs, c, p),
-                                 RecoverOutput, next(n), total)
-        quantized = None
-        if cand.quantize is not None:
-            quantized = runner.stage(f"quantize:{cand.rank}", lambda c=cand, r=recovered: run_quantize(inputs, c, r),
-                                     QuantizeOutput, next(n), total)
-            recovered = recovered.model_copy(update={"checkpoint": quantized.checkpoint, "size": quantized.size})
+            "lm-eval:dense", lambda: run_lm_eval(inputs, inputs.dense.model, str(source.path)), LmEvalScores)
 
-        def quality(checkpoint=folder.path(recovered.checkpoint)):
-            return run_quality(inputs, inputs.load_checkpoint(checkpoint), teacher.traces)
+    outcomes = runner.executor.run(runner, teacher)  # the candidates' stages, in rank order
+    for o in outcomes:
+        runner.timings.extend(o.timings)
+        if o.lm_eval is not None:
+            runner.lm_eval[o.rank] = o.lm_eval
+    ok = [o for o in outcomes if o.failure is None]
 
-        per_cand.append((cand, pruned, recovered, quantized,
-                         runner.stage(f"quality:{cand.rank}", quality, Quality, next(n), total)))
-        if runner.opt.lm_eval_tasks:
-            ckpt = str(folder.path(recovered.checkpoint))
-            runner.lm_eval[cand.rank] = runner.stage(
-                f"lm-eval:{cand.rank}", lambda c=ckpt: run_lm_eval(inputs, inputs.load_checkpoint(c), c),
-                LmEvalScores, next(n), total)
-
-    names = _variant_names(cands)
+    names = _variant_names(runner.candidates)
     checkpoints = {"dense": str(source.path)}
-    checkpoints.update({names[c.rank]: str(folder.path(rec.checkpoint)) for c, _, rec, _, _ in per_cand})
+    checkpoints.update({names[o.rank]: str(folder.path(o.recovered.checkpoint)) for o in ok})
+    # latency last, in this process, once every candidate is done: no two variants are timed at once. With a
+    # failed candidate it is not recorded: the resume that retries the candidate times every variant again, together
+    whole = len(ok) == len(outcomes)
     latency = runner.stage("latency", lambda: run_latency(inputs, checkpoints, devinfo.label), LatencyOutput,
-                           next(n), total).root
-    results = _results(runner, source, devinfo, teacher, dense_quality, per_cand, names, latency)
+                           record=whole).root
+    results = _results(runner, source, devinfo, teacher, dense_quality, outcomes, names, latency)
     if runner.opt.load:  # latency under Poisson traffic, dense and candidates in alternating windows
         from planner.run.load import run_load_stage
         from planner.run.results import LoadResults
 
         load = runner.stage("load", lambda: run_load_stage(inputs, checkpoints, devinfo.label), LoadResults,
-                            next(n), total)
+                            record=whole)
         results = results.model_copy(update={"load": load, "stages": runner.timings})
     return results
 
 
-def _results(runner: Runner, source, devinfo, teacher: TeacherOutput, dense_quality: Quality, per_cand: list,
-             names: dict[int, str], latency: dict) -> Results:
-    """The results document: the dense variant and one per candidate, the plan as run, and where it all came from."""
+def _results(runner: Runner, source, devinfo, teacher: TeacherOutput, dense_quality: Quality,
+             outcomes: list[CandidateOutcome], names: dict[int, str], latency: dict) -> Results:
+    """The results document: the dense variant and one per candidate that finished, the failures, the plan as run,
+    and where it all came from."""
     from planner._version import __version__
 
     variants = [Variant(name="dense", role="dense", checkpoint=str(source.path), size=teacher.dense_size,
                         quality=dense_quality, latency=latency.get("dense"))]
-    for cand, pruned, recovered, quantized, quality in per_cand:
-        rec = recovered.recovery
+    by_rank = {c.rank: c for c in runner.candidates}
+    for o in outcomes:
+        if o.failure is not None:
+            continue
+        cand, quality = by_rank[o.rank], o.quality
+        rec = o.recovered.recovery
         if rec is not None:
             rec = rec.model_copy(update={"ppl_after": quality.heldout_ppl})
         name = names[cand.rank]
         variants.append(Variant(name=name, role="pruned", candidate_rank=cand.rank,
-                                checkpoint=str(runner.folder.path(recovered.checkpoint)), size=recovered.size,
-                                pruning=pruned.pruning if cand.prune is not None else None, recovery=rec,
-                                quantization=quantized.quantization if quantized is not None else None,
+                                checkpoint=str(runner.folder.path(o.recovered.checkpoint)), size=o.recovered.size,
+                                pruning=o.pruned.pruning if cand.prune is not None else None, recovery=rec,
+                                quantization=o.quantized.quantization if o.quantized is not None else None,
                                 quality=quality, latency=latency.get(name)))
     for v in variants:  # --lm-eval-tasks
         v.lm_eval = runner.lm_eval.get("dense" if v.role == "dense" else v.candidate_rank)
@@ -309,7 +335,8 @@ def _results(runner: Runner, source, devinfo, teacher: TeacherOutput, dense_qual
     provenance = Provenance(planner_version=__version__, packages=manifest.packages, device=devinfo,
                             input_hashes=manifest.input_hashes, started_at=manifest.started_at,
                             finished_at=utc_now(), run_dir=str(runner.folder.root), command=shlex.join(sys.argv))
-    return Results(provenance=provenance, plan=summary, variants=variants, stages=runner.timings)
+    return Results(provenance=provenance, plan=summary, variants=variants, stages=runner.timings,
+                   failures=[o.failure for o in outcomes if o.failure is not None])
 
 
 def _variant_names(cands) -> dict[int, str]:

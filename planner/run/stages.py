@@ -8,7 +8,9 @@
 
 An output is what the stage record in the run folder holds (`output.model_dump(mode="json")`), and it loads back
 with `model_validate` when a resume skips the stage. The source model is never written to: the teacher is loaded
-once and only read; each student is a deep copy or a reload of an exported checkpoint.
+once and only read; each student is a deep copy or a reload of an exported checkpoint. A model that does not fit
+(`RunOptions.max_memory`, else the RAM available) is never held whole: prune and quality go one decoder layer at a
+time from its files (planner.layered; `RunInputs.memory` says which and why).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class RunOptions:
     lm_eval_tasks: list[str] | None = None  # --lm-eval-tasks: lm-evaluation-harness tasks (planner.evaluate.lmeval)
     lm_eval_limit: int | None = None  # documents per task (default: all)
     lm_eval_include: list[str] = field(default_factory=list)  # the user's task folders
+    # --max-memory: bytes the model may take here; a model that does not fit is pruned and evaluated layer by layer
+    max_memory: int | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,6 +74,8 @@ class RunOptions:
         for name in ("lm_eval_tasks", "lm_eval_limit", "lm_eval_include"):  # unset: as before lm-eval existed
             if not data[name]:
                 data.pop(name)
+        if data["max_memory"] is None:  # no --max-memory: as before it existed
+            data.pop("max_memory")
         if data["load"] is None:  # no --load: the fingerprint of a run made before it existed
             for name in ("load", "load_requests", "load_time_limit"):
                 data.pop(name)
@@ -85,6 +91,8 @@ class RunOptions:
             if value is not None and value < minimum:
                 raise InputError(f"{_option(name)} must be >= {minimum}, got {value}")
         check_bench_settings({**vars(self), "dtype": self.bench_dtype}, label=_option)
+        if self.max_memory is not None and self.max_memory < 1:
+            raise InputError(f"--max-memory must be > 0 bytes, got {self.max_memory}")
         if self.concurrency is not None and self.concurrency < 1:
             raise InputError(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.request_rate is not None and not self.request_rate > 0:
@@ -160,9 +168,39 @@ class LatencyOutput(RootModel[dict[str, Latency]]):
 # -- what the stages share --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Whether the run holds whole models or goes layer by layer (planner.layered), and why."""
+
+    budget: int  # bytes the run's process may hold: --max-memory, else the RAM available when the run looked
+    where: str  # "--max-memory 2.00 GB" or "the 20.1 GB of RAM available"
+    weight_bytes: int  # the dense model's weights in fp32, the dtype the in-memory stages hold
+    layered: bool
+    layer_need: int | None = None  # layered: the interpreter plus what one step holds (planner.layered.memory)
+
+    @property
+    def why(self) -> str:
+        from planner.layered.memory import fmt_bytes
+
+        return (f"the dense model's fp32 weights ({fmt_bytes(self.weight_bytes)}) held twice (teacher and student) "
+                f"beside the interpreter exceed {self.where}: pruned and evaluated one decoder layer at a time "
+                f"(about {fmt_bytes(self.layer_need or 0)} at once, interpreter included)")
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether `nbytes` of tensors fit beside the interpreter (planner.perf.footprint.PROCESS_BASE_BYTES)."""
+        from planner.perf.footprint import PROCESS_BASE_BYTES
+
+        return PROCESS_BASE_BYTES + nbytes <= self.budget
+
+
 class RunInputs:
     """The dense teacher, its tokenizer, the prompt sets and the tokenized text, loaded on first use (a resumed run
-    may not need them), and the teacher's logits along its continuations, shared by every student."""
+    may not need them), and the teacher's logits along its continuations, shared by every student.
+
+    Layered mode (`memory.layered`: the dense model held twice, teacher and student, does not fit --max-memory or
+    the available RAM): `dense.model` and `load_checkpoint` give planner.layered.LayeredModel handles, checkpoints on
+    disk that the prune and quality stages run one decoder layer at a time; agreement generates through accelerate's
+    disk offload; latency skips a variant whose weights do not fit, saying why."""
 
     def __init__(self, plan, folder: RunFolder, options: RunOptions, device: str, model_spec: str | None):
         self.plan = plan
@@ -174,14 +212,86 @@ class RunInputs:
         self._prompt_sets = None
         self._tokens: dict[str, list[int]] = {}
         self.teacher_logits: dict = {}
+        self._memory: MemoryPlan | None = None
+        if options.max_memory is not None:
+            self.memory  # noqa: B018  (a --max-memory below one decoder layer fails now, before any work)
+
+    @property
+    def memory(self) -> MemoryPlan:
+        if self._memory is None:
+            self._memory = _plan_memory(self)
+        return self._memory
+
+    @property
+    def layered(self) -> bool:
+        return self.memory.layered
 
     @property
     def dense(self):
         if self._dense is None:
-            from planner.models import load_model
+            if self.layered:
+                from planner.layered import LayeredModel
+                from planner.models import LoadedModel, load_tokenizer, resolve_source
 
-            self._dense = load_model(self.model_spec, dtype="fp32", device=self.device)
+                source = resolve_source(self.model_spec)
+                self._dense = LoadedModel(LayeredModel(source.path, self.device), load_tokenizer(source), source)
+            else:
+                from planner.models import load_model
+
+                self._dense = load_model(self.model_spec, dtype="fp32", device=self.device)
         return self._dense
+
+    def whole_dense(self):
+        """The dense model whole in fp32, also in layered mode (a recovery that fits needs its teacher whole)."""
+        if not self.layered:
+            return self.dense.model
+        from planner.models import load_model
+
+        return load_model(self.model_spec, dtype="fp32", device=self.device, with_tokenizer=False).model
+
+    def check_candidate(self, cand) -> None:
+        """Refuse, before any work on it, what this run cannot do to `cand` within its memory: in layered mode a
+        pruning step that needs the whole model, or a quantization; with --max-memory (or in layered mode) a
+        recovery whose estimated need exceeds the budget (proposing LoRA on a GPU, with the figures)."""
+        if self.opt.max_memory is None and not self.layered:
+            return
+        if self.layered:
+            from planner.layered import check_layered
+
+            if cand.prune is not None:
+                check_layered(cand.prune)
+            if cand.quantize is not None:
+                raise InputError(f"candidate {cand.rank} ({cand.label}) quantizes the whole model in memory, and "
+                                 f"{self.memory.why}; give more memory (--max-memory) or run it where the model "
+                                 "fits")
+        if cand.recovery.method != "none":
+            _check_recovery(self, cand)
+
+    def latency_skip_reason(self, folder) -> str | None:
+        """Why the latency stage does not time the checkpoint `folder` (its weights in the benchmark's dtype do not
+        fit the run's memory: timed offloaded it would measure disk reads, not the model), or None."""
+        if not self.layered:
+            return None
+        import torch
+
+        from planner.layered import LayeredModel, fmt_bytes
+        from planner.models import TORCH_DTYPES
+
+        dtype = self.bench_dtype()
+        weights = LayeredModel(folder, self.device).weight_bytes(getattr(torch, TORCH_DTYPES[dtype]).itemsize)
+        if self.memory.fits(weights):
+            return None
+        return (f"latency not measured: the weights ({fmt_bytes(weights)} in {dtype}) beside the interpreter exceed "
+                f"{self.memory.where}; timed with disk offload it would measure disk reads, not the model")
+
+    def bench_dtype(self) -> str:
+        """The dtype the latency stage times in: --bench-dtype, else fp32 on a CPU and the plan's serving dtype (or
+        bf16) on CUDA."""
+        from planner.latency import BENCH_DTYPES
+
+        serving = self.plan.workload.dtype
+        return self.opt.bench_dtype or ("fp32" if self.device == "cpu" else
+                                        (serving if serving in BENCH_DTYPES else "bf16"))
 
     @property
     def tokenizer(self):
@@ -216,8 +326,11 @@ class RunInputs:
     def ppl(self, model, key: str = "heldout") -> dict[str, Any]:
         from planner.evaluate.perplexity import perplexity_of_tokens
 
-        return perplexity_of_tokens(model, self.tokens(key), seq_len=self.seq_len(model),
-                                    max_tokens=self.opt.ppl_max_tokens, progress=self.opt.progress)
+        measure = perplexity_of_tokens
+        if _is_layered(model):
+            from planner.layered import layered_perplexity_of_tokens as measure
+        return measure(model, self.tokens(key), seq_len=self.seq_len(model), max_tokens=self.opt.ppl_max_tokens,
+                       progress=self.opt.progress)
 
     def bench_lengths(self) -> tuple[int, int]:
         """Prompt and generation lengths the latency stage times: the plan's workload unless overridden."""
@@ -228,17 +341,31 @@ class RunInputs:
         return self.folder.root / f"{cand.rank}-{_slug(cand.name)}"
 
     def load_checkpoint(self, folder: str | Path):
+        """An exported checkpoint of this run: whole in fp32 on the run's device, or in layered mode a LayeredModel."""
+        if self.layered:
+            from planner.layered import LayeredModel
+
+            try:
+                return LayeredModel(folder, self.device)
+            except (OSError, ValueError, InputError) as exc:
+                raise self._unreadable(folder, exc) from None
+        return self.load_whole(folder)
+
+    def load_whole(self, folder: str | Path):
         import torch
         from transformers import AutoModelForCausalLM
 
         try:
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         except Exception as exc:  # a truncated or deleted checkpoint of an earlier, killed run
-            first = str(exc).splitlines()[0][:300] if str(exc) else ""
-            raise InputError(f"checkpoint {str(folder)!r} of this run is unreadable ({type(exc).__name__}: {first}); "
-                             f"delete the stage files under {str(self.folder.stages)!r} that name it to redo "
-                             "those stages, or start a new run with another --out") from None
+            raise self._unreadable(folder, exc) from None
         return model.eval().to(self.device)
+
+    def _unreadable(self, folder, exc: Exception) -> InputError:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        return InputError(f"checkpoint {str(folder)!r} of this run is unreadable ({type(exc).__name__}: {first}); "
+                          f"delete the stage files under {str(self.folder.stages)!r} that name it to redo "
+                          "those stages, or start a new run with another --out")
 
 
 # -- the stages -------------------------------------------------------------------------------------------------
@@ -249,11 +376,15 @@ def run_teacher(inputs: RunInputs) -> TeacherOutput:
 
     model = inputs.dense.model
     size = _size(model, None, _weights_bytes_on_disk(inputs.dense.source.path), None)
-    traces = {ps.name: teacher_traces(model, inputs.tokenizer, ps, inputs.opt.progress) for ps in inputs.prompt_sets()}
+    sets = inputs.prompt_sets()
+    generator = model.offloaded() if _is_layered(model) and sets else model  # layered: accelerate's disk offload
+    traces = {ps.name: teacher_traces(generator, inputs.tokenizer, ps, inputs.opt.progress) for ps in sets}
     return TeacherOutput(dense_size=size, traces=traces)
 
 
 def run_quality(inputs: RunInputs, model, traces: dict[str, Any]) -> Quality:
+    """Held-out (and user-text) perplexity and agreement with the teacher. A LayeredModel is measured layer by layer
+    and generates through disk offload; its notes say so, and why its latency will not be measured if it will not."""
     from planner.evaluate.agreement import slice_agreement
 
     held = inputs.ppl(model)
@@ -262,9 +393,22 @@ def run_quality(inputs: RunInputs, model, traces: dict[str, Any]) -> Quality:
     if inputs.opt.eval_text:
         user = inputs.ppl(model, "user")
         quality.update(user_text_ppl=user["ppl"], user_text_tokens=user["tokens"])
-    quality["slices"] = {ps.name: slice_agreement(model, inputs.dense.model, inputs.tokenizer, ps, traces[ps.name],
+    student, teacher = model, inputs.dense.model
+    if _is_layered(model):
+        quality["notes"] = [inputs.memory.why + "; held-out perplexity layer by layer, exact to float rounding"]
+        if inputs.prompt_sets():
+            teacher = teacher.offloaded()
+            student = teacher if model.folder == inputs.dense.model.folder else model.offloaded()
+            quality["notes"].append("agreement: teacher and model generate with accelerate disk offload (each "
+                                    "decoder layer read from disk for every forward)")
+        skipped = inputs.latency_skip_reason(model.folder)
+        if skipped:
+            quality["notes"].append(skipped)
+    quality["slices"] = {ps.name: slice_agreement(student, teacher, inputs.tokenizer, ps, traces[ps.name],
                                                   inputs.opt.progress, inputs.teacher_logits)
                          for ps in inputs.prompt_sets()}
+    if _is_layered(model) and model is not inputs.dense.model:
+        model.close()
     return Quality.model_validate(quality)
 
 
@@ -286,6 +430,9 @@ def run_lm_eval(inputs: RunInputs, model, checkpoint: str | None) -> LmEvalScore
 
 
 def run_prune(inputs: RunInputs, cand) -> PruneOutput:
+    inputs.check_candidate(cand)
+    if inputs.layered:
+        return _run_prune_layered(inputs, cand)
     from planner.data import calibration_text, read_text_files, token_blocks
     from planner.export import export_model, write_compressed
     from planner.kinds import get_kind
@@ -326,11 +473,12 @@ def run_recover(inputs: RunInputs, cand, pruned: PruneOutput) -> RecoverOutput:
     spec = cand.recovery
     if spec.method == "none":
         return RecoverOutput(checkpoint=pruned.checkpoint, recovery=None, size=pruned.size)
+    inputs.check_candidate(cand)  # a recovery that does not fit --max-memory is refused (also on --resume)
     folder = inputs.folder.path(pruned.checkpoint)
-    student = inputs.load_checkpoint(folder)
+    student = inputs.load_whole(folder)  # training needs the whole student, also in layered mode (it fits: checked)
     mask_file = folder / "masks.safetensors"
     masks = load_masks(mask_file) if mask_file.is_file() else None
-    result = recover(student, inputs.dense.model, inputs.tokenizer, spec, masks=masks, progress=inputs.opt.progress)
+    result = recover(student, inputs.whole_dense(), inputs.tokenizer, spec, masks=masks, progress=inputs.opt.progress)
     out_dir = inputs.cand_dir(cand) / "model"
     sparsity = pruned.size.achieved_sparsity
     meta = {"planner_stage": "recover", "prune": cand.prune.model_dump(mode="json") if cand.prune else None,
@@ -348,6 +496,7 @@ def run_quantize(inputs: RunInputs, cand, recovered: RecoverOutput) -> QuantizeO
     """Quantize the (pruned, recovered) model with the candidate's scheme (torchao) and export it."""
     from planner.quant.engine import export_quantized, quantize_model
 
+    inputs.check_candidate(cand)  # layered mode: refused (quantization holds the whole model)
     model = inputs.load_checkpoint(inputs.folder.path(recovered.checkpoint))
     result = quantize_model(model, cand.quantize, device=inputs.device)
     out_dir = inputs.cand_dir(cand) / "quantized"
@@ -366,12 +515,12 @@ def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from planner.latency import BENCH_DTYPES, BenchConfig, Subject, benchmark
+    from planner.console import say
+    from planner.latency import BenchConfig, Subject, benchmark
     from planner.models import TORCH_DTYPES
 
     opt, workload = inputs.opt, inputs.plan.workload
-    dtype = opt.bench_dtype or ("fp32" if inputs.device == "cpu" else
-                                (workload.dtype if workload.dtype in BENCH_DTYPES else "bf16"))
+    dtype = inputs.bench_dtype()
     prompt_len, gen_len = inputs.bench_lengths()
     config = BenchConfig(prompt_len=prompt_len, gen_len=gen_len, batch_size=opt.batch_size or workload.batch_size,
                          requests=opt.requests, warmup=opt.warmup, runtime=opt.runtime, dtype=dtype,
@@ -382,6 +531,10 @@ def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str
 
     subjects = []
     for name, folder in checkpoints.items():
+        skipped = inputs.latency_skip_reason(folder)  # absent from the output; its quality notes say why
+        if skipped:
+            say(f"[yellow]{name}[/]: {skipped}", opt.progress)
+            continue
         model = None
         if opt.runtime != "vllm" and is_quantized_checkpoint(folder):
             from planner.quant.engine import load_quantized
@@ -391,6 +544,8 @@ def run_latency(inputs: RunInputs, checkpoints: dict[str, str], measured_on: str
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, TORCH_DTYPES[dtype]))
             model = model.eval().to(inputs.device)
         subjects.append(Subject(name, model, folder, sparse_2to4=_is_2to4(folder)))
+    if not subjects:
+        return LatencyOutput.model_validate({})
     return LatencyOutput.model_validate(benchmark(subjects, inputs.tokenizer, config, measured_on, opt.progress))
 
 
@@ -429,25 +584,153 @@ def _jsonable(value: Any) -> Any:
 
 def _size(model, spec, file_bytes: int | None, achieved_sparsity: float | None,
           compressed_file_bytes: int | None = None) -> Size:
-    from planner.arch import get_adapter
+    if _is_layered(model):
+        params, nonzero = model.count_nonzero()
+    else:
+        seen: set[int] = set()
+        params = nonzero = 0
+        for p in model.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            params += p.numel()
+            nonzero += int((p != 0).sum())
+    return _size_of(params, nonzero, model.config, spec, file_bytes, achieved_sparsity, compressed_file_bytes)
 
-    seen: set[int] = set()
-    params = nonzero = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        params += p.numel()
-        nonzero += int((p != 0).sum())
-    shape = get_adapter(model.config).shape(model.config)
+
+def _size_of(params: int, nonzero: int, config, spec, file_bytes: int | None, achieved_sparsity: float | None,
+             compressed_file_bytes: int | None = None) -> Size:
+    from planner.arch import get_adapter
     from planner.kinds import get_kind
 
+    shape = get_adapter(config).shape(config)
     pattern = "dense" if spec is None else get_kind(spec).size_pattern(spec)
     return Size(parameters=params, nonzero_parameters=nonzero, file_bytes=file_bytes,
                 compressed_file_bytes=compressed_file_bytes,
                 achieved_sparsity=achieved_sparsity, pattern=pattern,
                 shape={"num_layers": shape.num_layers, "intermediate_size": shape.intermediate_size,
                        "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads})
+
+
+def _is_layered(model) -> bool:
+    from planner.layered import LayeredModel
+
+    return isinstance(model, LayeredModel)
+
+
+def _run_prune_layered(inputs: RunInputs, cand) -> PruneOutput:
+    """run_prune for a model that does not fit: pruned one decoder layer at a time from the source checkpoint, each
+    layer written out as it is done (planner.layered), the same weights as the in-memory engines."""
+    from planner.data import calibration_text, read_text_files, token_blocks
+    from planner.kinds import get_kind
+    from planner.layered import LayeredModel, prune_layered
+    from planner.prune.specs import NoPruning
+
+    spec = cand.prune if cand.prune is not None else NoPruning()
+    source = inputs.dense.model
+    cal = cand.calibration
+    text = read_text_files(cal.text_files) if cal.text_files else calibration_text()
+    calib = token_blocks(inputs.tokenizer, text, cal.num_samples, min(cal.seq_len, inputs.seq_len(source)))
+    out_dir = inputs.cand_dir(cand) / "pruned"
+    masked = get_kind(spec).masked
+
+    def metadata(result):
+        return {"planner_stage": "prune", "prune": spec.model_dump(mode="json"),
+                "achieved_sparsity": result.achieved_sparsity, "candidate": cand.name}
+
+    pruned = prune_layered(source, spec, calib, out_dir, inputs.tokenizer, metadata, scratch=inputs.folder.scratch,
+                           progress=inputs.opt.progress, compressed=masked)
+    result, exported = pruned.result, pruned.exported  # masked kinds: out_dir/masks.safetensors written too
+    student = LayeredModel(out_dir, inputs.device)
+    ppl_before = inputs.ppl(student)["ppl"] if cand.recovery.method != "none" else None
+    pruning = PruningInfo(spec=spec, params_before=result.params_before, params_after=result.params_after,
+                          achieved_sparsity=result.achieved_sparsity, details=_jsonable(result.details),
+                          seconds=result.seconds)
+    size = _size_of(exported["parameters"], pruned.nonzero, student.config, spec, exported["file_bytes"],
+                    result.achieved_sparsity, exported.get("compressed_file_bytes"))
+    return PruneOutput(checkpoint=inputs.folder.relative(out_dir), pruning=pruning, ppl_before=ppl_before, size=size)
+
+
+def _plan_memory(inputs: RunInputs) -> MemoryPlan:
+    """Layered or whole: the dense model held twice (teacher and a student copy, as the in-memory stages do) beside
+    the interpreter, against --max-memory (the whole process), else against the RAM available now. Layered with
+    --max-memory below what one decoder layer needs, or with a stage that needs whole models (--lm-eval-tasks,
+    --load): an InputError before any work."""
+    import psutil
+
+    from planner.layered import LayeredModel, compute_dtype, fmt_bytes
+    from planner.layered.memory import layered_minimum
+    from planner.models import resolve_source
+    from planner.perf.footprint import PROCESS_BASE_BYTES
+
+    opt = inputs.opt
+    if opt.max_memory is not None:
+        budget, where = opt.max_memory, f"--max-memory {fmt_bytes(opt.max_memory)}"
+    else:
+        budget = psutil.virtual_memory().available
+        where = f"the {fmt_bytes(budget)} of RAM available"
+    source = resolve_source(inputs.model_spec)
+    if not source.has_weights or not any(source.path.glob("*.safetensors")):
+        if opt.max_memory is not None and source.has_weights:
+            raise InputError(f"--max-memory needs the model's weights as safetensors (the layered path reads them "
+                             f"lazily); {str(source.path)!r} has none: convert it with save_pretrained first")
+        return MemoryPlan(budget=budget, where=where, weight_bytes=0, layered=False)
+    model = LayeredModel(source.path, inputs.device)
+    weights = model.weight_bytes(4)
+    plan = MemoryPlan(budget=budget, where=where, weight_bytes=weights, layered=False)
+    if plan.fits(2 * weights):
+        return plan
+    cands = inputs.plan.candidates
+    calib = max([c.calibration.num_samples * c.calibration.seq_len for c in cands] or [0])
+    seq = max([c.calibration.seq_len for c in cands] + [opt.ppl_seq_len])
+    need = layered_minimum(model.shape, compute_bytes=compute_dtype(inputs.device).itemsize,
+                           calibration_tokens=calib, eval_tokens=opt.ppl_max_tokens, seq_len=seq,
+                           hessian=any(getattr(c.prune, "criterion", None) == "sparsegpt" for c in cands),
+                           layer_params=model.layer_parameters(), largest_matrix=model.largest_matrix())
+    minimum = PROCESS_BASE_BYTES + need.total
+    plan = MemoryPlan(budget=budget, where=where, weight_bytes=weights, layered=True, layer_need=int(minimum))
+    if opt.max_memory is not None and budget < minimum:
+        raise InputError(
+            f"--max-memory {fmt_bytes(budget)} is below what this model needs one decoder layer at a time: "
+            f"{fmt_bytes(minimum)} (the interpreter {fmt_bytes(PROCESS_BASE_BYTES)}, a layer's weights "
+            f"{fmt_bytes(need.layer)}, working copies {fmt_bytes(need.working)}, hidden states of "
+            f"{max(calib, opt.ppl_max_tokens):,} tokens {fmt_bytes(need.activations)}, an LM head block "
+            f"{fmt_bytes(need.head_block)}); accepted: --max-memory {fmt_bytes(minimum)} or more (fewer --ppl-tokens "
+            "or calibration samples need less)")
+    for flag, wanted in (("--lm-eval-tasks", opt.lm_eval_tasks), ("--load", opt.load)):
+        if wanted:
+            raise InputError(f"{flag} runs the whole model in memory, and {plan.why}; drop {flag} or give more "
+                             "memory (--max-memory)")
+    return plan
+
+
+def _check_recovery(inputs: RunInputs, cand) -> None:
+    """A recovery trains the whole student: refuse one whose estimated need (planner.layered.memory.recovery_need)
+    exceeds the run's memory, with the figures and what would fit."""
+    from planner.arch import get_adapter
+    from planner.kinds import get_kind
+    from planner.layered import fmt_bytes
+    from planner.layered.memory import recovery_need
+    from planner.models import load_config
+
+    config, _ = load_config(inputs.model_spec)
+    shape = get_adapter(config).shape(config)
+    student = get_kind(cand.prune).pruned_shape(shape, cand.prune)[0] if cand.prune is not None else shape
+    need = recovery_need(student, shape, cand.recovery)
+    if inputs.memory.fits(need.total):
+        return
+    spec = cand.recovery
+    message = (f"candidate {cand.rank} ({cand.label}): recovery cannot run within {inputs.memory.where}: "
+               f"{need.described()} (an estimate: fp32 training with AdamW on micro-batches of "
+               f"{spec.micro_batch_size or spec.batch_size} x {spec.seq_len} tokens). Recovery trains the whole "
+               "student, which cannot go layer by layer")
+    if spec.method != "lora":
+        lora = recovery_need(student, shape, spec.model_copy(update={"method": "lora"}))
+        fits = "fits" if inputs.memory.fits(lora.total) else "does not fit either"
+        message += f"; LoRA (recovery method 'lora') would need about {fmt_bytes(lora.total)}, which {fits}"
+    message += (f". Run the recovery with LoRA on a GPU, or on a machine with {fmt_bytes(need.total)} of memory "
+                "beside the interpreter (--max-memory), or choose a candidate without recovery")
+    raise InputError(message)
 
 
 def _weights_bytes_on_disk(folder: Path) -> int | None:

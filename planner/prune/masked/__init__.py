@@ -19,7 +19,8 @@ from planner.prune.masked.patterns import out_in
 from planner.prune.base import PruneResult, register
 from planner.prune.masked.runtime import runtime_note  # noqa: F401  (public API)
 
-__all__ = ["prune_masked", "masked_metadata", "runtime_note", "weight_sparsity"]
+__all__ = ["prune_masked", "prune_layer", "masked_result", "mask_counts", "masked_metadata", "runtime_note",
+           "weight_sparsity"]
 
 
 @register("unstructured")
@@ -64,7 +65,7 @@ def prune_masked(model, spec, calib_ids=None, *, progress: bool = True, tokenize
     params = _unique_params(model)
     calibration_info = layer_sparsity = None
     if spec.criterion == "magnitude":
-        masks = _magnitude(linears, adapter.conv1d, spec, sparsity, n, m)
+        masks = magnitude_masks(linears, adapter.conv1d, spec, sparsity, n, m)
     else:
         if calib_ids is None and tokenizer is not None:
             calib_ids = calibration_ids(tokenizer, calibration)
@@ -88,7 +89,8 @@ def _allocation(model, adapter, spec, sparsity: float, m: int, calib_ids, chunk:
     return allocate(model, adapter, calib_ids, chunk, allocation, sparsity)
 
 
-def _magnitude(linears, conv1d: bool, spec, sparsity: float, n: int, m: int) -> dict[str, Any]:
+def magnitude_masks(linears, conv1d: bool, spec, sparsity: float, n: int, m: int) -> dict[str, Any]:
+    """Magnitude masks of `linears` ((layer, role, name, module) tuples), applied in place; by name."""
     from planner.prune.masked.magnitude import magnitude_scores
     from planner.prune.masked.patterns import global_mask, nm_mask, unstructured_mask
 
@@ -112,11 +114,7 @@ def _layerwise(model, adapter, criterion: str, layer_sparsity: list[float], n: i
     `layer_sparsity[i]`: the unstructured target of layer i (ignored for N:M)."""
     from tqdm import tqdm
 
-    from planner.arch import get_submodule
-    from planner.prune.masked.calibration import capture_first_inputs, collect_stats, run_layer
-    from planner.prune.masked.patterns import nm_mask, unstructured_mask
-    from planner.prune.masked.sparsegpt import sparsegpt_prune
-    from planner.prune.masked.wanda import wanda_scores
+    from planner.prune.masked.calibration import capture_first_inputs, run_layer
 
     layers = adapter.get_layers(model)
     inputs = capture_first_inputs(model, layers, calib_ids, chunk)
@@ -124,20 +122,7 @@ def _layerwise(model, adapter, criterion: str, layer_sparsity: list[float], n: i
     bar = tqdm(total=len(layers), desc=f"{criterion} {'unstructured' if not m else f'{n}:{m}'}", unit="layer",
                disable=not progress, leave=False)
     for i, layer in enumerate(layers):
-        linears = {f"{adapter.layers}.{i}.{path}": get_submodule(layer, path) for _, path in adapter.linear_roles()}
-        stats = collect_stats(layer, linears, inputs, hessian=criterion == "sparsegpt")
-        sparsity = layer_sparsity[i]
-        for name, module in linears.items():
-            w = out_in(module, adapter.conv1d)
-            if criterion == "wanda":
-                scores = wanda_scores(w, stats.input_sq_sum(name))
-                keep = nm_mask(scores, n, m) if m else unstructured_mask(scores, sparsity, compare="row")
-                w.mul_(keep)
-            else:
-                new, keep = sparsegpt_prune(w, stats.hessian(name), sparsity=sparsity, n=n, m=m)
-                w.copy_(new)
-            masks[name] = keep.t().contiguous() if adapter.conv1d else keep
-        del stats
+        masks.update(prune_layer(layer, i, adapter, criterion, layer_sparsity[i], n, m, inputs))
         if i + 1 < len(layers):
             run_layer(layer, inputs, replace=True)  # the next layer sees this layer's pruned outputs
         bar.update(1)
@@ -145,14 +130,54 @@ def _layerwise(model, adapter, criterion: str, layer_sparsity: list[float], n: i
     return masks
 
 
+def prune_layer(layer, index: int, adapter, criterion: str, sparsity: float, n: int, m: int,
+                inputs) -> dict[str, Any]:
+    """Wanda or SparseGPT on decoder layer `index` (not yet pruned), calibrated on `inputs` (the hidden states
+    entering it, planner.prune.masked.calibration.LayerInputs): its linears pruned in place; returns their masks
+    by full module name. The in-memory engine and the layered one (planner.layered) both prune through this."""
+    from planner.arch import get_submodule
+    from planner.prune.masked.calibration import collect_stats
+    from planner.prune.masked.patterns import nm_mask, unstructured_mask
+    from planner.prune.masked.sparsegpt import sparsegpt_prune
+    from planner.prune.masked.wanda import wanda_scores
+
+    linears = {f"{adapter.layers}.{index}.{path}": get_submodule(layer, path) for _, path in adapter.linear_roles()}
+    stats = collect_stats(layer, linears, inputs, hessian=criterion == "sparsegpt")
+    masks: dict[str, Any] = {}
+    for name, module in linears.items():
+        w = out_in(module, adapter.conv1d)
+        if criterion == "wanda":
+            scores = wanda_scores(w, stats.input_sq_sum(name))
+            keep = nm_mask(scores, n, m) if m else unstructured_mask(scores, sparsity, compare="row")
+            w.mul_(keep)
+        else:
+            new, keep = sparsegpt_prune(w, stats.hessian(name), sparsity=sparsity, n=n, m=m)
+            w.copy_(new)
+        masks[name] = keep.t().contiguous() if adapter.conv1d else keep
+    return masks
+
+
+def mask_counts(masks: dict[str, Any], index: int) -> dict[str, tuple[int, int, int]]:
+    """Full module name -> (layer index, pruned weights, weights) of the masks of one decoder layer."""
+    return {name: (index, int(keep.numel() - keep.sum()), keep.numel()) for name, keep in masks.items()}
+
+
 def _result(spec, pattern, sparsity, params, masks, linears, calibration_info, layer_sparsity=None) -> PruneResult:
-    module_sparsity, layer_pruned, layer_total = {}, {}, {}
+    counts: dict[str, tuple[int, int, int]] = {}
     for i, _, name, _ in linears:
-        keep = masks[name]
-        pruned = int(keep.numel() - keep.sum())
-        module_sparsity[name] = pruned / keep.numel()
+        counts.update(mask_counts({name: masks[name]}, i))
+    return masked_result(spec, pattern, sparsity, params, counts, masks, calibration_info, layer_sparsity)
+
+
+def masked_result(spec, pattern, sparsity, params, counts, masks, calibration_info,
+                  layer_sparsity=None) -> PruneResult:
+    """The PruneResult of a masked step from its `counts` (mask_counts of every layer, in order); `masks` may be
+    empty (the layered engine writes them to disk as it goes)."""
+    module_sparsity, layer_pruned, layer_total = {}, {}, {}
+    for name, (i, pruned, numel) in counts.items():
+        module_sparsity[name] = pruned / numel
         layer_pruned[i] = layer_pruned.get(i, 0) + pruned
-        layer_total[i] = layer_total.get(i, 0) + keep.numel()
+        layer_total[i] = layer_total.get(i, 0) + numel
     pruned, total = sum(layer_pruned.values()), sum(layer_total.values())
     details = {
         "pattern": pattern,

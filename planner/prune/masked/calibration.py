@@ -150,16 +150,18 @@ class InputStats:
 
         if name not in self.tokens:
             self.tokens[name] = 0
-            self.sq_sum[name] = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+            self.sq_sum[name] = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
             if self.want_hessian:
                 self.xtx[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
         self.tokens[name] += x.shape[0]
-        self.sq_sum[name].add_(x.square().sum(dim=0))
+        # float64: the square of a float32 is exact there and the sum's rounding (~1e-16) is far below the gap
+        # between any two scores that are not equal, so masks do not depend on how the tokens were chunked
+        self.sq_sum[name].add_(x.double().square().sum(dim=0))
         if self.want_hessian:
             self.xtx[name].addmm_(x.t(), x)
 
     def input_sq_sum(self, name: str):
-        """sum over calibration tokens of x_j^2, for every input j (Wanda: ||X_j||_2 = sqrt of this)."""
+        """sum over calibration tokens of x_j^2, for every input j (Wanda: ||X_j||_2 = sqrt of this); float64."""
         return self.sq_sum[self.alias.get(name, name)]
 
     def hessian(self, name: str):

@@ -11,5 +11,10 @@ from __future__ import annotations
 
 
 def wanda_scores(weight, input_sq_sum):
-    """|W_ij| * ||X_j||_2 for a weight in (out, in) layout; `input_sq_sum[j]` = sum over tokens of X_j^2."""
-    return weight.detach().float().abs() * input_sq_sum.float().sqrt().view(1, -1)
+    """|W_ij| * ||X_j||_2 for a weight in (out, in) layout; `input_sq_sum[j]` = sum over tokens of X_j^2. In the
+    sum's precision (float64 from calibration.InputStats), at least float32: a float32 score would round away
+    differences of 1e-7, and which of two near-equal weights goes would then depend on the summation order."""
+    import torch
+
+    dtype = torch.promote_types(input_sq_sum.dtype, torch.float32)
+    return weight.detach().to(dtype).abs() * input_sq_sum.to(dtype).sqrt().view(1, -1)

@@ -12,6 +12,7 @@ config states head_dim independently of hidden_size (Llama, Mistral, Qwen2, ...)
 and OPT compute head_dim = hidden_size / num_heads, so a checkpoint with fewer heads would not load there.
 
     {"kind": "heads", "ratio": 0.25, "criterion": "activation", "mode": "kv_group"}
+    {"kind": "heads", "ratio": 0.25, "criterion": "obs"}     # chosen by least o_proj re-fit error, re-fit
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from planner.errors import InputError
 from planner.prune.base import PruneResult
 from planner.prune.structured.common import count_parameters, keep_top
 from planner.prune.structured.importance import UnitGroup, UnitSlice, require_calibration, unit_scores
-from planner.prune.structured.reconstruct import cut_layer_by_layer
+from planner.prune.structured.reconstruct import cut_layer_by_layer, rebuilds
 from planner.prune.structured.slicing import slice_projection, unit_indices
 
 
@@ -90,32 +91,53 @@ def _choose(scores, shape, mode: str, new_heads: int, new_kv: int):
     return torch.cat(chosen), torch.arange(shape.num_kv_heads)
 
 
+def _choose_obs(o_weight, gram, shape, mode: str, new_heads: int, new_kv: int):
+    """(kept query heads, kept KV heads) by least o_proj re-fit error (reconstruct.obs_choose); `o_weight` (out, in)."""
+    import torch
+
+    from planner.prune.structured.reconstruct import obs_choose
+
+    group, hd, kv = shape.group_size, shape.head_dim, shape.num_kv_heads
+    if mode == "kv_group":
+        kv_kept = obs_choose(o_weight, gram, group * hd, [kv - new_kv])
+        return unit_indices(kv_kept, group), kv_kept
+    removed_per_group = group - new_heads // kv
+    q_kept = obs_choose(o_weight, gram, hd, [removed_per_group] * kv, [h // group for h in range(kv * group)])
+    return q_kept, torch.arange(kv)
+
+
 def prune_heads(model, spec, calib_ids=None, batch_size: int = 4, progress: bool | None = None,
                 **_) -> PruneResult:
     adapter = get_adapter(model)
     shape = adapter.shape(model.config)
     new_heads, new_kv = plan_head_counts(shape, spec)
     changed = new_heads < shape.num_heads
-    if (spec.criterion != "magnitude" or spec.reconstruct) and changed:
+    rebuild = rebuilds(spec)
+    if (spec.criterion != "magnitude" or rebuild) and changed:
         require_calibration(calib_ids, spec.criterion if spec.criterion != "magnitude" else "reconstruct")
     params_before = count_parameters(model)
     details = {"criterion": spec.criterion, "mode": spec.mode, "ratio": spec.ratio,
                "num_heads_before": shape.num_heads, "num_heads_after": new_heads,
                "num_kv_heads_before": shape.num_kv_heads, "num_kv_heads_after": new_kv,
                "head_dim": shape.head_dim, "achieved_ratio": 1.0 - new_heads / shape.num_heads,
-               "kept_heads": {}, "kept_kv_heads": {}, "reconstruct": spec.reconstruct}
+               "kept_heads": {}, "kept_kv_heads": {}, "reconstruct": rebuild}
     if not changed:
         return PruneResult("heads", params_before, params_before, details=details)
 
     groups = head_groups(model, adapter, shape, spec.mode)
-    scores = unit_scores(spec.criterion, model, calib_ids, groups, batch_size, progress)
+    # obs chooses inside the layer loop, from o_proj's inputs after the upstream layers were cut
+    scores = None if spec.criterion == "obs" else unit_scores(spec.criterion, model, calib_ids, groups, batch_size,
+                                                              progress)
     hd = shape.head_dim
 
-    def cut(i, layer):
-        q_kept, kv_kept = _choose(scores[i], shape, spec.mode, new_heads, new_kv)
-        q_cols, kv_cols = unit_indices(q_kept, hd), unit_indices(kv_kept, hd)
+    def cut(i, layer, gram=None):
         o_proj = adapter.projection(layer, "o")
-        original = o_proj.weight.detach().clone() if spec.reconstruct else None
+        original = o_proj.weight.detach().clone() if rebuild else None
+        if scores is None:
+            q_kept, kv_kept = _choose_obs(original, gram, shape, spec.mode, new_heads, new_kv)
+        else:
+            q_kept, kv_kept = _choose(scores[i], shape, spec.mode, new_heads, new_kv)
+        q_cols, kv_cols = unit_indices(q_kept, hd), unit_indices(kv_kept, hd)
         slice_projection(adapter.projection(layer, "q"), q_cols, "out")
         slice_projection(o_proj, q_cols, "in")
         if spec.mode == "kv_group":
@@ -126,9 +148,9 @@ def prune_heads(model, spec, calib_ids=None, batch_size: int = 4, progress: bool
         details["kept_kv_heads"][i] = kv_kept.tolist()
         return o_proj, q_cols, original
 
-    if spec.reconstruct:
-        cut_layer_by_layer(model, adapter, calib_ids, lambda i, layer: adapter.projection(layer, "o"), cut,
-                           batch_size)
+    if rebuild:
+        details["ridge"] = cut_layer_by_layer(model, adapter, calib_ids, lambda i, layer: adapter.projection(layer, "o"),
+                                              cut, batch_size)
     else:
         for i, layer in enumerate(adapter.get_layers(model)):
             cut(i, layer)

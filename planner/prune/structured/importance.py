@@ -10,6 +10,8 @@ that produce it (gate/up, q/k/v) and input columns of the one that consumes it (
 - `taylor`: first-order Taylor estimate of the loss change when the unit is removed, (sum over the unit's
   weights of grad * weight)^2, summed over calibration batches (Molchanov et al., "Importance Estimation for
   Neural Network Pruning", CVPR 2019).
+- `obs` (not here: reconstruct.obs_choose): the error left after re-fitting the consumer without the unit,
+  chosen layer by layer on the already-pruned model's activations.
 
 Every function returns, for each key of `groups`, a float tensor of shape (num_units,): higher = keep.
 """
@@ -109,6 +111,12 @@ def _contribution_sq(x, consumer: UnitSlice, num_units: int):
     return (contrib * contrib).sum(dim=(1, 2))
 
 
+def activation_sq(x, group: UnitGroup):
+    """Per unit of `group`: squared norm of its contribution to the consumer's output over the tokens of `x` (the
+    consumer's input), float64 on the CPU; the `activation` score is the square root of its sum over batches."""
+    return _contribution_sq(x, group.consumer, group.num_units).double().cpu()
+
+
 def activation(model, calib_ids, groups: dict, batch_size: int = 4, progress: bool | None = None) -> dict:
     import torch
 
@@ -120,7 +128,7 @@ def activation(model, calib_ids, groups: dict, batch_size: int = 4, progress: bo
         group = groups[key]
 
         def hook(module, args):
-            sums[key] += _contribution_sq(args[0], group.consumer, group.num_units).double().cpu()
+            sums[key] += activation_sq(args[0], group)
 
         return hook
 
@@ -193,4 +201,7 @@ def unit_scores(criterion: str, model, calib_ids, groups: dict, batch_size: int 
         return activation(model, calib_ids, groups, batch_size, progress)
     if criterion == "taylor":
         return taylor(model, calib_ids, groups, batch_size, progress)
+    if criterion == "obs":
+        raise InputError("criterion 'obs' has no score on the dense model: it chooses units layer by layer, by "
+                         "the error the consumer's re-fit leaves (planner.prune.structured.reconstruct.obs_choose)")
     raise InputError(f"unknown importance criterion {criterion!r}; accepted: {', '.join(CRITERIA)}")
