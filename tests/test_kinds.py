@@ -107,7 +107,7 @@ def test_builtin_kinds_answer_for_themselves():
     assert [n for n in kind_names() if get_kind(n).structured] == ["mlp_channels", "heads", "layers"]
     # the facts' choices come from the registered spec types
     assert FACTS["kind"].choices == tuple(kind_names())
-    assert FACTS["criterion"].choices == ("none", "magnitude", "wanda", "sparsegpt", "activation", "taylor",
+    assert FACTS["criterion"].choices == ("none", "magnitude", "wanda", "sparsegpt", "activation", "taylor", "obs",
                                           "block_influence", "angular", "ablation")
     assert FACTS["head_mode"].choices == ("none", "kv_group", "per_group")
     assert FACTS["recovery"].choices == ("none", "lora", "distill", "finetune")
