@@ -1,19 +1,23 @@
-"""Candidate quality, side by side in one run: held-out perplexity and pruning wall time of
+"""Candidate quality, side by side in one run: held-out perplexity (on two held-out texts) and pruning wall time of
 
-- Wanda / SparseGPT at 50% and 60% unstructured: uniform layer sparsity against OWL's outlier-weighted and the
-  block-influence layer allocation (planner/prune/masked/allocation.py); both at 2:4;
-- MLP channels -25% / -50% and attention heads (1 of 3 KV groups) with and without the least-squares
-  reconstruction of the consumer projection (planner/prune/structured/reconstruct.py);
+- Wanda / SparseGPT at 50% and 60% unstructured: uniform layer sparsity against the block-influence and OWL layer
+  allocations (planner/prune/masked/allocation.py); both at 2:4;
+- MLP channels -25% / -50% and attention heads (1 of 3 KV groups): the plain cut (activation importance), the cut
+  with the least-squares re-fit of the consumer projection (`reconstruct: true`), and the units chosen by the re-fit's
+  own error (criterion `obs`) (planner/prune/structured/reconstruct.py); MLP rows "-obs-self" re-fit towards the
+  uncut projection's own output instead of the dense model's layer output (reconstruct.TARGET);
 - layers -3 / -6 chosen by block influence, angular distance and ablation;
 - llm-compressor's Wanda and SparseGPT (uniform, 50% and 2:4) through bench/masked_vs_llmcompressor.py's workers,
-  when its bench venv exists (see that script's docstring).
+  when its bench venv exists (see that script's docstring), evaluated by the same code as ours.
 
-Same model (default: the embedded SmolLM2-135M), same calibration blocks of the bundled calibration text, same
-held-out windows of the bundled held-out text (planner.evaluate.perplexity). Our rows run in this process one
-after the other on a fresh copy of the model; wall time is the `apply_pruning` call only.
+Same model (default: the embedded SmolLM2-135M), same calibration blocks (the first samples x seq-len tokens of the
+bundled calibration text; rows that re-fit get --refit-samples blocks, by default the RECONSTRUCT_SAMPLES that
+plan run gives such a candidate, and say so in their notes), two held-out texts cut from the bundled held-out text: "A", its first --eval-tokens
+tokens (tutorial/*), and "B", --eval-tokens tokens from token 49152 on (faq/*, other documents). Our rows run in
+this process one after the other on a fresh copy of the model; wall time is the `apply_pruning` call only.
 
-    python bench/candidate_quality.py                      # 32 x 512 calibration, 16384 held-out tokens
-    python bench/candidate_quality.py --quick              # 8 x 256 calibration, 8192 held-out tokens
+    python bench/candidate_quality.py                      # 32 x 512 calibration, 16384 held-out tokens per text
+    python bench/candidate_quality.py --quick              # 8 x 256 calibration, 4096 held-out tokens per text
     python bench/candidate_quality.py --rows wanda-50 mlp-25   # rows whose name starts with these
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -30,65 +35,98 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# (row name, spec as a dict), in the order they run (the acceptance figures first); the peer's rows come last
+TEXT_B_OFFSET = 49_152  # held-out token where text B starts (inside faq/*, past text A's tutorial/* tokens)
+
+
+def _masked(criterion: str, sparsity: float, allocation: str = "uniform") -> dict:
+    return {"kind": "unstructured", "sparsity": sparsity, "criterion": criterion, "allocation": allocation}
+
+
+# (row name, spec as a dict), in the order they run; the peer's rows come last
 ROWS = [
-    ("mlp-25", {"kind": "mlp_channels", "ratio": 0.25, "criterion": "activation"}),
-    ("mlp-25-reconstruct", {"kind": "mlp_channels", "ratio": 0.25, "criterion": "activation", "reconstruct": True}),
-    ("mlp-25-obs", {"kind": "mlp_channels", "ratio": 0.25, "criterion": "obs"}),
-    ("mlp-50", {"kind": "mlp_channels", "ratio": 0.5, "criterion": "activation"}),
-    ("mlp-50-reconstruct", {"kind": "mlp_channels", "ratio": 0.5, "criterion": "activation", "reconstruct": True}),
-    ("mlp-50-obs", {"kind": "mlp_channels", "ratio": 0.5, "criterion": "obs"}),
-    ("wanda-50-uniform", {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda"}),
-    ("wanda-50-owl", {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda", "allocation": "owl"}),
-    ("wanda-50-bi", {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda",
-                       "allocation": "block_influence"}),
-    ("sparsegpt-50-uniform", {"kind": "unstructured", "sparsity": 0.5, "criterion": "sparsegpt"}),
-    ("sparsegpt-50-owl", {"kind": "unstructured", "sparsity": 0.5, "criterion": "sparsegpt", "allocation": "owl"}),
-    ("sparsegpt-50-bi", {"kind": "unstructured", "sparsity": 0.5, "criterion": "sparsegpt",
-                       "allocation": "block_influence"}),
-    ("heads-25", {"kind": "heads", "ratio": 0.25, "criterion": "activation", "mode": "kv_group"}),
-    ("heads-25-reconstruct", {"kind": "heads", "ratio": 0.25, "criterion": "activation", "mode": "kv_group",
-                              "reconstruct": True}),
-    ("heads-25-obs", {"kind": "heads", "ratio": 0.25, "criterion": "obs", "mode": "kv_group"}),
+    *[(f"{c}-{s}-{a}", _masked(c, s / 100, {"uniform": "uniform", "bi": "block_influence", "owl": "owl"}[a]))
+      for s in (50, 60) for c in ("wanda", "sparsegpt") for a in (("uniform", "bi", "owl") if s == 50
+                                                                   else ("uniform", "bi"))],
     ("wanda-2:4", {"kind": "nm", "n": 2, "m": 4, "criterion": "wanda"}),
     ("sparsegpt-2:4", {"kind": "nm", "n": 2, "m": 4, "criterion": "sparsegpt"}),
-    ("layers-3-block_influence", {"kind": "layers", "num_layers": 3, "criterion": "block_influence"}),
-    ("layers-3-angular", {"kind": "layers", "num_layers": 3, "criterion": "angular"}),
-    ("layers-3-ablation", {"kind": "layers", "num_layers": 3, "criterion": "ablation"}),
-    ("layers-6-block_influence", {"kind": "layers", "num_layers": 6, "criterion": "block_influence"}),
-    ("layers-6-angular", {"kind": "layers", "num_layers": 6, "criterion": "angular"}),
-    ("layers-6-ablation", {"kind": "layers", "num_layers": 6, "criterion": "ablation"}),
-    ("wanda-60-uniform", {"kind": "unstructured", "sparsity": 0.6, "criterion": "wanda"}),
-    ("wanda-60-owl", {"kind": "unstructured", "sparsity": 0.6, "criterion": "wanda", "allocation": "owl"}),
-    ("wanda-60-bi", {"kind": "unstructured", "sparsity": 0.6, "criterion": "wanda",
-                       "allocation": "block_influence"}),
-    ("sparsegpt-60-uniform", {"kind": "unstructured", "sparsity": 0.6, "criterion": "sparsegpt"}),
-    ("sparsegpt-60-owl", {"kind": "unstructured", "sparsity": 0.6, "criterion": "sparsegpt", "allocation": "owl"}),
-    ("sparsegpt-60-bi", {"kind": "unstructured", "sparsity": 0.6, "criterion": "sparsegpt",
-                       "allocation": "block_influence"}),
+    *[(f"mlp-{r}{suffix}", {"kind": "mlp_channels", "ratio": r / 100, **extra}) for r in (25, 50)
+      for suffix, extra in (("", {"criterion": "activation"}),
+                            ("-reconstruct", {"criterion": "activation", "reconstruct": True}),
+                            ("-obs", {"criterion": "obs"}),
+                            ("-obs-self", {"criterion": "obs", "_target": "self"}))],
+    *[(f"heads-25{suffix}", {"kind": "heads", "ratio": 0.25, "mode": "kv_group", **extra})
+      for suffix, extra in (("", {"criterion": "activation"}),
+                            ("-reconstruct", {"criterion": "activation", "reconstruct": True}),
+                            ("-obs", {"criterion": "obs"}))],
+    *[(f"layers-{n}-{c}", {"kind": "layers", "num_layers": n, "criterion": c}) for n in (3, 6)
+      for c in ("block_influence", "angular", "ablation")],
 ]
 # llm-compressor rows: (row name, criterion, pattern) as bench/masked_vs_llmcompressor.py's workers take them
 PEER_ROWS = [("peer-wanda-50", "wanda", "unstructured"), ("peer-sparsegpt-50", "sparsegpt", "unstructured"),
              ("peer-wanda-2:4", "wanda", "2:4"), ("peer-sparsegpt-2:4", "sparsegpt", "2:4")]
+# ours / peer comparisons
+PEER_PAIRS = [("wanda-50-uniform", "peer-wanda-50"), ("sparsegpt-50-uniform", "peer-sparsegpt-50"),
+              ("wanda-2:4", "peer-wanda-2:4"), ("sparsegpt-2:4", "peer-sparsegpt-2:4")]
 
 
-def run_ours(pristine, spec: dict, calib) -> tuple[float, object]:
+def run_ours(pristine, spec: dict, calib) -> tuple[float, object, dict]:
     import planner.kinds  # noqa: F401  (registers every kind)
     from planner.prune import apply_pruning
     from planner.prune.specs import parse_spec
 
+    from planner.prune.structured import reconstruct
+
+    spec = dict(spec)
+    target = spec.pop("_target", "dense")  # the re-fit's target (reconstruct.TARGET): "-self" rows set "self"
     model = copy.deepcopy(pristine)
     gc.collect()
-    start = time.perf_counter()
-    apply_pruning(model, parse_spec(spec), calib, progress=False)
-    return time.perf_counter() - start, model
+    saved, reconstruct.TARGET = reconstruct.TARGET, target
+    try:
+        start = time.perf_counter()
+        result = apply_pruning(model, parse_spec(spec), calib, progress=False)
+        return time.perf_counter() - start, model, result.details
+    finally:
+        reconstruct.TARGET = saved
+
+
+def refits(spec: dict) -> bool:
+    """Whether a row's spec re-fits after its cut (reconstruct: true, or criterion obs)."""
+    return spec.get("kind") in ("mlp_channels", "heads") and (spec.get("reconstruct") or spec.get("criterion") == "obs")
+
+
+def held_out_texts(folder: str, eval_tokens: int, seq_len: int) -> dict:
+    """{"A": windows, "B": windows} of the bundled held-out text (see the module docstring)."""
+    from transformers import AutoTokenizer
+
+    from planner.data import heldout_text, token_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    windows = eval_tokens // seq_len
+    text = heldout_text()
+    return {"A": token_blocks(tokenizer, text, windows, seq_len),
+            "B": token_blocks(tokenizer, text, windows, seq_len, offset=TEXT_B_OFFSET)}
+
+
+def perplexities(model, texts: dict) -> dict:
+    from planner.evaluate.perplexity import perplexity_of_ids
+
+    return {name: perplexity_of_ids(model, ids)["ppl"] for name, ids in texts.items()}
+
+
+def peer_model(folder: str, weights: str):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model.load_state_dict(load_file(weights), strict=False)
+    return model
 
 
 def main() -> int:
     import torch
 
-    from masked_vs_llmcompressor import PEER_PYTHON, bench_inputs, evaluate, run_worker
-    from planner.evaluate.perplexity import perplexity_of_ids
+    from masked_vs_llmcompressor import PEER_PYTHON, bench_inputs, run_worker
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="checkpoint folder (default: the embedded SmolLM2-135M)")
@@ -96,32 +134,59 @@ def main() -> int:
     p.add_argument("--no-peer", action="store_true", help="skip llm-compressor's rows")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--eval-tokens", type=int, default=16_384)
+    p.add_argument("--eval-tokens", type=int, default=16_384, help="held-out tokens per text")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
-    p.add_argument("--quick", action="store_true", help="8 x 256 calibration, 8192 held-out tokens")
+    p.add_argument("--quick", action="store_true", help="8 x 256 calibration, 4096 held-out tokens per text")
     p.add_argument("--rows", nargs="*", help="run only rows whose name starts with one of these")
+    p.add_argument("--exact", action="store_true", help="--rows are whole row names, not prefixes")
+    p.add_argument("--refit-samples", type=int, default=None,
+                   help="calibration samples of the rows that re-fit (default: what plan run gives them, "
+                        "planner.prune.structured.reconstruct.RECONSTRUCT_SAMPLES; --quick: --samples)")
+    p.add_argument("--json", help="also write every figure to this file")
     args = p.parse_args()
     if args.quick:
-        args.samples, args.seq_len, args.eval_tokens = 8, 256, 8192
-    folder, calib, eval_ids = bench_inputs(args)
+        args.samples, args.seq_len, args.eval_tokens = 8, 256, 4096
+    if args.refit_samples is None:
+        from planner.prune.structured.reconstruct import RECONSTRUCT_SAMPLES
+
+        args.refit_samples = args.samples if args.quick else RECONSTRUCT_SAMPLES
+    folder, calib, _ = bench_inputs(args)
+    texts = held_out_texts(folder, args.eval_tokens, args.seq_len)
     from transformers import AutoModelForCausalLM
 
     pristine = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    dense = perplexity_of_ids(pristine, eval_ids)["ppl"]
-    print(f"model {folder}; calibration {args.samples} x {args.seq_len} tokens; held-out {eval_ids.numel()} tokens; "
-          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"dense held-out ppl {dense:.3f}\n")
-    wanted = lambda name: not args.rows or any(name.startswith(r) for r in args.rows)  # noqa: E731
-    print(f"{'row':<28}{'ppl':>9}{'vs dense':>10}{'seconds':>9}")
-    results = {}
+    dense = perplexities(pristine, texts)
+    print(f"model {folder}; calibration {args.samples} x {args.seq_len} tokens; held-out texts A and B of "
+          f"{texts['A'].numel()} tokens each; torch threads {torch.get_num_threads()}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"dense held-out ppl: A {dense['A']:.3f}, B {dense['B']:.3f}\n")
+    wanted = lambda name: not args.rows or any(name == r or not args.exact and name.startswith(r)  # noqa: E731
+                                               for r in args.rows)
+    print(f"{'row':<28}{'ppl A':>9}{'vs dense':>10}{'ppl B':>9}{'vs dense':>10}{'seconds':>9}  notes")
+    results: dict[str, dict] = {}
+
+    def report(name: str, ppl: dict, seconds: float, note: str = "") -> None:
+        results[name] = {"ppl": ppl, "seconds": seconds, "note": note}
+        print(f"{name:<28}{ppl['A']:>9.3f}{ppl['A'] / dense['A'] - 1:>+10.1%}{ppl['B']:>9.3f}"
+              f"{ppl['B'] / dense['B'] - 1:>+10.1%}{seconds:>9.1f}  {note}", flush=True)
+
+    refit_calib = None
     for name, spec in ROWS:
         if not wanted(name):
             continue
-        seconds, model = run_ours(pristine, spec, calib)
-        ppl = perplexity_of_ids(model, eval_ids)["ppl"]
+        note = ""
+        rows_calib = calib
+        if refits(spec) and args.refit_samples != args.samples:  # as plan run calibrates a re-fitting candidate
+            if refit_calib is None:
+                refit_calib = bench_inputs(argparse.Namespace(**{**vars(args), "samples": args.refit_samples}))[1]
+            rows_calib = refit_calib
+            note = f"{args.refit_samples} x {args.seq_len} calibration; "
+        seconds, model, details = run_ours(pristine, spec, rows_calib)
+        if details.get("layer_sparsity") and spec.get("allocation", "uniform") != "uniform":
+            ls = details["layer_sparsity"]
+            note += f"layers {min(ls):.2f}..{max(ls):.2f}, overall {details['pruned_weights'] / details['prunable_weights']:.4f}"
+        report(name, perplexities(model, texts), seconds, note)
         del model
-        results[name] = (ppl, seconds)
-        print(f"{name:<28}{ppl:>9.3f}{ppl / dense - 1:>+10.1%}{seconds:>9.1f}", flush=True)
     if not args.no_peer and Path(args.peer_python).is_file():
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(calib, f"{tmp}/calib.pt")
@@ -134,27 +199,42 @@ def main() -> int:
                 if "error" in run:
                     print(f"{name:<28} FAILED {run['error']}", flush=True)
                     continue
-                ppl = evaluate(folder, save, eval_ids, pattern)["ppl"]
-                results[name] = (ppl, run["seconds"])
-                print(f"{name:<28}{ppl:>9.3f}{ppl / dense - 1:>+10.1%}{run['seconds']:>9.1f}", flush=True)
+                report(name, perplexities(peer_model(folder, save), texts), run["seconds"], "llm-compressor")
     elif not args.no_peer:
         print(f"llm-compressor rows skipped: {args.peer_python} does not exist")
-    nonuniform = [(f"{c}-{s}-{a}", f"{c}-{s}-uniform") for c in ("wanda", "sparsegpt") for s in ("50", "60")
-                  for a in ("owl", "bi")]
-    pairs = [(a, b) for a, b in (*nonuniform,
-                                 ("wanda-2:4", "peer-wanda-2:4"), ("sparsegpt-2:4", "peer-sparsegpt-2:4"),
-                                 ("wanda-50-uniform", "peer-wanda-50"), ("sparsegpt-50-uniform", "peer-sparsegpt-50"))
-             if a in results and b in results]
-    if pairs:
-        print("\nratios (ppl a / ppl b, time a / time b)")
-        for a, b in pairs:
-            print(f"  {a} / {b}: ppl {results[a][0] / results[b][0]:.3f}, time {results[a][1] / results[b][1]:.2f}")
-    for cut in ("mlp-25", "mlp-50", "heads-25"):
-        plain, rec = results.get(cut), results.get(f"{cut}-reconstruct")
-        if plain and rec:
-            print(f"  {cut}: one-shot increase {plain[0] / dense - 1:+.1%} -> {rec[0] / dense - 1:+.1%} with "
-                  f"reconstruction ({(plain[0] - dense) / max(rec[0] - dense, 1e-9):.2f}x lower)")
+    summary(results, dense)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "dense": dense, "rows": results}, indent=2))
     return 0
+
+
+def summary(results: dict, dense: dict) -> None:
+    have = lambda *names: all(n in results for n in names)  # noqa: E731
+    ratio = lambda a, b, t: results[a]["ppl"][t] / results[b]["ppl"][t]  # noqa: E731
+    lines = []
+    for s in ("50", "60"):
+        for c in ("wanda", "sparsegpt"):
+            for a in ("bi", "owl"):
+                row, base = f"{c}-{s}-{a}", f"{c}-{s}-uniform"
+                if have(row, base):
+                    lines.append(f"  {row} / uniform: ppl A {ratio(row, base, 'A'):.3f}, B {ratio(row, base, 'B'):.3f}"
+                                 f"; time {results[row]['seconds'] / results[base]['seconds']:.2f}x")
+    for a, b in PEER_PAIRS:
+        if have(a, b):
+            lines.append(f"  {a} / llm-compressor: ppl A {ratio(a, b, 'A'):.4f}, B {ratio(a, b, 'B'):.4f}; time "
+                         f"{results[a]['seconds'] / results[b]['seconds']:.2f}x")
+    for cut in ("mlp-25", "mlp-50", "heads-25"):
+        for variant in ("reconstruct", "obs", "obs-self"):
+            plain, rebuilt = results.get(cut), results.get(f"{cut}-{variant}")
+            if plain and rebuilt:
+                parts = []
+                for t in ("A", "B"):
+                    before, after = plain["ppl"][t] / dense[t] - 1, rebuilt["ppl"][t] / dense[t] - 1
+                    parts.append(f"{t} {before:+.1%} -> {after:+.1%} ({before / max(after, 1e-9):.2f}x lower)")
+                lines.append(f"  {cut}-{variant}: one-shot increase " + ", ".join(parts))
+    if lines:
+        print("\nratios (a / b: below 1 = a better)")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,23 @@ subprocess, so wall time and peak RSS are per method. Magnitude (ours) runs as t
 The peer lives in a separate virtualenv (it is not a project dependency):
 
     python -m venv /work/benchenv && /work/benchenv/bin/pip install torch==2.13.0 && \
-        /work/benchenv/bin/pip install llmcompressor
+        /work/benchenv/bin/pip install llmcompressor==0.14.0.1
     python bench/masked_vs_llmcompressor.py                     # full bench, ~1 h on 2 busy CPU cores
     python bench/masked_vs_llmcompressor.py --quick             # 8 x 128 calibration, 4096 eval tokens
+
+Recorded (2026-12-03, llmcompressor 0.14.0.1 with transformers 5.17 in the bench venv, one thread each, Wanda
+2:4, held-out perplexity of the first --eval-tokens tokens; ours with float64 input sums):
+
+    calibration   eval tokens   ours      llm-compressor   ours / peer
+    32 x 512      16384         83.730    83.730           1.0000  (identical masks in all 210 linears)
+    16 x 256      16384         95.997    96.114           0.9988
+     8 x 128       4096        137.073   135.747           1.0098
+
+Both compute the same masks in exact arithmetic (the peer's per-sample running mean of ||x||^2 is our sum over
+tokens / samples, one factor for every input; both calibrate on the unpruned layer and propagate the pruned one's
+outputs); the differences are float32 rounding in the peer's sums moving near-ties, amplified layer by layer
+(with 8 x 128 tokens the masks agree in layers 0-1 and differ in 1% of layer 11's weights). Our float32 sums gave
+136.387 at 8 x 128 with 4 samples per forward, the float64 ones 137.073 with 1, 4 or 8 (masked_rounding_sensitivity.py).
 
 Every worker prunes and saves only the decoder linear weights; the parent evaluates every pruned model with the
 same code in this environment, so differences in perplexity come from the pruning alone. Wall time is the pruning

@@ -170,3 +170,22 @@ def test_an_unknown_kind_in_a_plan_is_refused_with_the_accepted_ones():
                     "rules_version": "1", "verdict": {"action": "prune", "text": "x"},
                     "candidates": [{"rank": 1, "name": "x", "label": "x", "prune": data, "projected_to": "a100",
                                     "basis": "x", "goal_metric": "p95_ms", "quality_risk": "low"}]})
+
+
+def test_candidates_that_refit_get_more_calibration_text():
+    from planner.prune.structured.reconstruct import RECONSTRUCT_SAMPLES
+
+    plan = decide(goal=Goal.P95_LATENCY, gpu=get_gpu("a100"), workload=Workload(),
+                  budget=QualityBudget(max_ppl_increase=10.0), shape=SMOL, ruleset=load_rules())
+    samples = {}
+    for c in plan.candidates:
+        if c.prune is not None:
+            samples.setdefault((c.prune.kind, getattr(c.prune, "criterion", None),
+                                bool(getattr(c.prune, "reconstruct", False))), set()).add(c.calibration.num_samples)
+    # the rules propose MLP cuts chosen by obs and head cuts with the re-fit: both re-fit, both get more text
+    assert samples[("mlp_channels", "obs", False)] == {RECONSTRUCT_SAMPLES}
+    assert samples[("heads", "activation", True)] == {RECONSTRUCT_SAMPLES}
+    assert all(n == {32} for (kind, criterion, rebuild), n in samples.items()
+               if criterion != "obs" and not rebuild), samples
+    assert get_kind("mlp_channels").calibration(get_kind("mlp_channels").spec(ratio=0.25)).num_samples == 32
+    assert get_kind("unstructured").calibration(None).num_samples == 32

@@ -88,6 +88,16 @@ def test_nm_mask_prunes_exactly_n_lowest_per_group(n, m):
     assert nm_violations(torch.ones_like(keep), n, m) == 6 * 32 // m
 
 
+def test_nm_ties_go_to_the_lower_index_every_time():
+    # equal scores inside a group (e.g. two zero weights of a dequantized checkpoint): the lower inputs are pruned
+    scores = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5], [2.0, 1.0, 1.0, 1.0, 3.0, 0.0, 3.0, 0.0]])
+    expected = torch.tensor([[False, False, True, True, False, False, True, True],
+                             [True, False, False, True, True, False, True, False]])
+    for _ in range(3):
+        assert torch.equal(nm_mask(scores, 2, 4), expected)
+    assert torch.equal(nm_mask(scores.repeat(64, 8), 2, 4), expected.repeat(64, 8))
+
+
 def test_global_mask_is_exact_with_ties():
     a = torch.tensor([[0.1, 0.2, 0.2, 0.9]])
     b = torch.tensor([[0.2, 0.2], [0.5, 0.05]])
@@ -262,6 +272,27 @@ def test_non_uniform_allocation_prunes_each_layer_at_its_ratio_and_the_target_ov
     assert sum(ratios) / 4 == pytest.approx(0.5) and len(set(ratios)) > 1
     assert result.details["layers"] == pytest.approx(ratios, abs=1e-3)
     assert result.achieved_sparsity == pytest.approx(0.5, abs=1e-3)
+    # exactly round(0.5 x weights) overall (parameter-weighted), each layer within one weight per matrix of its ratio
+    total = result.details["prunable_weights"]
+    assert result.details["pruned_weights"] == int(0.5 * total + 0.5)
+    for i, layer in enumerate(get_adapter(model).get_layers(model)):
+        weights = sum(module.weight.numel() for _, _, name, module in get_adapter(model).iter_linears(model)
+                      if name.startswith(f"model.layers.{i}."))
+        assert abs(result.details["layers"][i] - ratios[i]) * weights <= 7
+
+
+def test_matrix_sparsities_round_once_over_the_whole_model():
+    from planner.prune.masked.allocation import matrix_sparsities
+    from planner.prune.masked.patterns import rounded
+
+    model = tiny_model("llama", num_hidden_layers=4)
+    linears = list(get_adapter(model).iter_linears(model))
+    ratios = [0.3137, 0.55, 0.61, 0.5263]
+    per_layer = matrix_sparsities(linears, False, ratios)
+    counts = [rounded(per_layer[i][name] * module.weight.numel()) for i, _, name, module in linears]
+    assert all(rounded(c) == c for c in counts)
+    wanted = sum(ratios[i] * module.weight.numel() for i, _, _, module in linears)
+    assert sum(counts) == rounded(wanted)
 
 
 def test_non_uniform_allocation_refuses_magnitude():

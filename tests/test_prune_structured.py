@@ -208,6 +208,9 @@ def _export_cases():
     cases += [(f, MlpChannelPruning(ratio=0.5, round_to=8, reconstruct=True)) for f in ("llama", "gpt2", "opt")]
     cases += [(f, HeadPruning(ratio=0.5, mode=mode, reconstruct=True))
               for f, mode in (("llama", "kv_group"), ("qwen2", "per_group"))]
+    cases += [(f, MlpChannelPruning(ratio=0.5, round_to=8, criterion="obs")) for f in ("llama", "gpt2")]
+    cases += [("llama", HeadPruning(ratio=0.5, criterion="obs")),
+              ("qwen2", HeadPruning(ratio=0.5, mode="per_group", criterion="obs"))]
     return cases
 
 
@@ -420,14 +423,69 @@ def test_refit_is_the_least_squares_solution_and_exact_when_the_removed_inputs_a
 def test_reconstruction_keeps_the_same_units_and_lowers_the_output_error(spec, ids):
     dense = tiny_model("llama")
     reference = logits(dense, ids)
-    plain, rebuilt = copy.deepcopy(dense), copy.deepcopy(dense)
+    plain, rebuilt, chosen = copy.deepcopy(dense), copy.deepcopy(dense), copy.deepcopy(dense)
     a = apply_pruning(plain, spec, ids)
     b = apply_pruning(rebuilt, spec.model_copy(update={"reconstruct": True}), ids)
+    c = apply_pruning(chosen, spec.model_copy(update={"criterion": "obs"}), ids)
     for key in ("kept_channels", "kept_heads"):
         assert a.details.get(key) == b.details.get(key)
-    assert b.details["reconstruct"] and b.params_after == a.params_after
+    assert b.details["reconstruct"] and c.details["reconstruct"]
+    assert b.params_after == a.params_after == c.params_after
+    assert len(b.details["ridge"]) == 3 and all(share > 0 for share in b.details["ridge"])
     error = lambda m: float((logits(m, ids) - reference).square().mean())  # noqa: E731
     assert error(rebuilt) < 0.8 * error(plain), (error(rebuilt), error(plain))
+    assert error(chosen) < 0.8 * error(plain), (error(chosen), error(plain))
+
+
+def _correlated_inputs(tokens: int, seed: int):
+    """x (tokens, 8): inputs 6 and 7 are combinations of inputs 0-2 plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, 6, generator=g, dtype=torch.float64)
+    mix = torch.tensor([[0.5, -1.0], [2.0, 0.25], [0.0, 1.0]], dtype=torch.float64)
+    return torch.cat([x, x[:, :3] @ mix + 0.01 * torch.randn(tokens, 2, generator=g, dtype=torch.float64)], dim=1)
+
+
+def test_obs_removes_the_units_the_others_can_stand_in_for():
+    from planner.prune.structured.reconstruct import obs_choose, output_error, refit_kept
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    x = torch.cat([x, x[:, :2]], dim=1)  # inputs 6, 7 repeat inputs 0, 1
+    gram = x.t() @ x
+    w = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    w[:, 2:6] *= 0.2  # the smallest contributions, yet the only ones nothing else can rebuild
+    kept = obs_choose(w, gram, 1, [2])
+    removed = sorted(set(range(8)) - set(kept.tolist()))
+    assert len(kept) == 6 and len(set(removed) & {0, 6}) == 1 and len(set(removed) & {1, 7}) == 1
+    total = float((w @ gram * w).sum())
+    assert output_error(w, refit_kept(w, gram, kept, dampening=1e-9), gram, kept) < 1e-9 * total
+    by_activation = torch.sort((gram.diagonal() * w.square().sum(0)).argsort(descending=True)[:6]).values
+    assert output_error(w, refit_kept(w, gram, by_activation, dampening=1e-9), gram, by_activation) > 1e-3 * total
+    # units of 2 features with a quota per group of units: one unit from each group of two
+    kept_units = obs_choose(w, gram, 2, [1, 1], [0, 0, 1, 1])
+    assert len(kept_units) == 2 and sum(1 for u in kept_units.tolist() if u < 2) == 1
+
+
+def test_cross_validated_ridge_trusts_folds_that_agree_and_distrusts_folds_that_do_not():
+    from planner.prune.structured.reconstruct import RIDGE_GRID, cross_validated_ridge
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    kept = torch.arange(7)  # input 7 goes
+
+    def fold(sign: float):
+        x = torch.randn(400, 8, generator=g, dtype=torch.float64)
+        x[:, 7] = sign * x[:, 0]  # the removed input is +- a kept one
+        return x.t() @ x
+
+    agree = [fold(1.0), fold(1.0)]
+    mean_diag = sum(float(f.diagonal().mean()) for f in agree) / 2
+    # the kept inputs stand in for the removed one on both halves: the smallest delta fits best
+    assert cross_validated_ridge(w, agree, kept) == pytest.approx(RIDGE_GRID[0] * mean_diag)
+    # what one half teaches (x7 = x0) is wrong on the other (x7 = -x0): the fit is held close to W_K
+    disagree = [fold(1.0), fold(-1.0)]
+    mean_diag = sum(float(f.diagonal().mean()) for f in disagree) / 2
+    assert cross_validated_ridge(w, disagree, kept) >= 3.0 * mean_diag
 
 
 def test_reconstruction_needs_calibration_even_with_magnitude(ids):
@@ -463,3 +521,70 @@ def test_angular_distance_removes_a_run_of_identity_layers_exactly(family, ids):
     assert result.details["scores"][1] == pytest.approx(0.0, abs=1e-3)  # the run starting at layer 1
     assert min(result.details["scores"].values()) == result.details["scores"][1]
     torch.testing.assert_close(logits(model, ids), before, atol=1e-5, rtol=0)
+
+
+# -- re-fit towards the dense model ------------------------------------------------------------------------------
+
+
+def _first_inputs(model, ids):
+    from planner.prune.masked.calibration import capture_first_inputs
+
+    adapter = get_adapter(model)
+    return adapter, adapter.get_layers(model), capture_first_inputs(model, adapter.get_layers(model), ids, 2)
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2", "opt"))
+def test_only_projections_that_add_to_the_output_are_steered_to_it(family, ids):
+    from planner.prune.structured.reconstruct import adds_to_output
+
+    model = tiny_model(family)
+    adapter, layers, inputs = _first_inputs(model, ids)
+    down, o = adapter.projection(layers[0], "down"), adapter.projection(layers[0], "o")
+    assert adds_to_output(layers[0], down, inputs)  # pre-norm: out = h + down(...)
+    assert not adds_to_output(layers[0], o, inputs)  # the MLP runs on o's output before the addition
+
+
+def test_dense_target_statistics_are_those_of_the_layers_own_arithmetic(ids):
+    from planner.prune.structured.reconstruct import dense_outputs, gather_towards
+
+    model = tiny_model("llama")
+    adapter, layers, inputs = _first_inputs(model, ids)
+    layer, down = layers[0], adapter.projection(layers[0], "down")
+    seen = []
+    handle = down.register_forward_hook(lambda m, a, out: seen.append(a[0].reshape(-1, a[0].shape[-1]).double()))
+    outs = dense_outputs(layer, inputs)
+    handle.remove()
+    a = torch.cat(seen)
+    w = down.weight.detach().double()
+    for shift in (0.0, 0.5):
+        targets = [o + shift for o in outs]
+        # each token weighted by 1 / mean square of its target
+        weights = torch.cat([1.0 / t.reshape(-1, t.shape[-1]).double().square().mean(-1) for t in targets])
+        gram, cross = gather_towards(layer, down, inputs, targets)
+        close = lambda x, y: float((x - y).norm()) <= 1e-5 * float(y.norm())  # noqa: E731 (float32 products)
+        assert close(gram, (a * weights[:, None]).t() @ a)
+        # the consumer is asked for its own output y plus the shift: C = W G + shift x sum of w_t a_t
+        expected = w @ gram + shift * (a * weights[:, None]).sum(0).expand(w.shape[0], -1)
+        assert close(cross, expected)
+
+
+@pytest.mark.parametrize("spec", [MlpChannelPruning(ratio=0.5, round_to=8, criterion="obs"),
+                                  HeadPruning(ratio=0.5, reconstruct=True)], ids=["mlp-obs", "heads"])
+def test_dense_target_is_used_where_it_can_be_and_beats_the_self_target_on_calibration(spec, ids, monkeypatch):
+    dense = tiny_model("llama")
+    reference = logits(dense, ids)
+    fits = {}
+    for target in ("self", "dense"):
+        monkeypatch.setattr("planner.prune.structured.reconstruct.TARGET", target)
+        model = copy.deepcopy(dense)
+        result = apply_pruning(model, spec, ids)
+        fits[target] = (result, float((logits(model, ids) - reference).square().mean()))
+    result = fits["dense"][0]
+    if spec.kind == "mlp_channels":
+        assert result.details["reconstruct_target"] == ["dense"] * 3
+        assert fits["dense"][1] < fits["self"][1], fits
+    else:  # o_proj's output goes through the MLP before the addition: the self target
+        assert result.details["reconstruct_target"] == ["self"] * 3
+    assert fits["self"][0].details["reconstruct_target"] == ["self"] * 3
+    assert (fits["dense"][0].details.get("kept_channels") == fits["self"][0].details.get("kept_channels")
+            or spec.kind == "mlp_channels")

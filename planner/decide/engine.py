@@ -323,6 +323,7 @@ def _judge(draft: Draft, pred, outcome: CandidateOutcome, ctx: ContextOutcome, b
     return Candidate(
         rank=1, name=name, label=label, prune=draft.prune, recovery=draft.recovery, quantize=draft.quantize,
         shard=draft.shard, projected_to=gpu.id,
+        **({"calibration": get_kind(draft.prune).calibration(draft.prune)} if draft.prune is not None else {}),
         basis=f"projected to {gpu.id} ({model})", goal_metric=pred.metric, predicted_goal=pred.value,
         predicted_speedup=pred.speedup, predicted=pred.figures, shape=pred.shape, params=pred.params,
         params_removed_frac=min(1.0, max(0.0, pred.params_removed_frac)), quality_risk=tier, score=round(score, 6),

@@ -100,6 +100,12 @@ class Kind:
         blocks' linear weights (what masks prune); `dense_weight_bytes`: every parameter at the dtype."""
         return weight_bytes, []
 
+    def calibration(self, spec):
+        """The calibration text a candidate of this spec gets by default (planner.prune.specs.CalibrationSpec)."""
+        from planner.prune.specs import CalibrationSpec
+
+        return CalibrationSpec()
+
     # -- facts for the rules ---------------------------------------------------------------------------------
 
     def facts(self, spec) -> dict[str, Any]:

@@ -15,6 +15,12 @@ class HeadsKind(Kind):
     ratio_field = "ratio"
     description = "attention heads (or whole KV groups) removed"
 
+    def calibration(self, spec):
+        """More calibration text where the cut is followed by the least-squares re-fit (reconstruct.py)."""
+        from planner.prune.structured.reconstruct import calibration_for
+
+        return calibration_for(spec)
+
     def pruned_shape(self, shape, spec):
         from planner.prune.structured.heads import plan_head_counts
 

@@ -22,6 +22,12 @@ class MlpChannelsKind(Kind):
         dtype = workload.dtype if workload.dtype in ("fp32", "bf16", "fp16", "fp8", "int8") else "fp32"
         return {"round_to": default_round_to(None if gpu.measured_local else gpu, dtype)}
 
+    def calibration(self, spec):
+        """More calibration text where the cut is followed by the least-squares re-fit (reconstruct.py)."""
+        from planner.prune.structured.reconstruct import calibration_for
+
+        return calibration_for(spec)
+
     def pruned_shape(self, shape, spec):
         from planner.prune.structured.rounding import kept_count
 

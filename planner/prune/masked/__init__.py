@@ -74,7 +74,12 @@ def prune_masked(model, spec, calib_ids=None, *, progress: bool = True, tokenize
                             "tokens": int(calib_ids.numel())}
         chunk = chunk_samples or CHUNK_SAMPLES
         layer_sparsity = _allocation(model, adapter, spec, sparsity, m, calib_ids, chunk)
-        masks = _layerwise(model, adapter, spec.criterion, layer_sparsity, n, m, calib_ids, chunk, progress)
+        targets = layer_sparsity
+        if len(set(layer_sparsity)) > 1:  # per matrix, so the counts add up to exactly the overall target
+            from planner.prune.masked.allocation import matrix_sparsities
+
+            targets = matrix_sparsities(linears, adapter.conv1d, layer_sparsity)
+        masks = _layerwise(model, adapter, spec.criterion, targets, n, m, calib_ids, chunk, progress)
     return _result(spec, pattern, sparsity, params, masks, linears, calibration_info, layer_sparsity)
 
 
@@ -108,10 +113,10 @@ def magnitude_masks(linears, conv1d: bool, spec, sparsity: float, n: int, m: int
     return masks
 
 
-def _layerwise(model, adapter, criterion: str, layer_sparsity: list[float], n: int, m: int, calib_ids, chunk: int,
+def _layerwise(model, adapter, criterion: str, layer_sparsity: list, n: int, m: int, calib_ids, chunk: int,
                progress: bool) -> dict[str, Any]:
     """Wanda / SparseGPT, one decoder layer at a time, each seeing the outputs of the pruned layers before it.
-    `layer_sparsity[i]`: the unstructured target of layer i (ignored for N:M)."""
+    `layer_sparsity[i]`: the unstructured target of layer i, a float or {module name: float} (ignored for N:M)."""
     from tqdm import tqdm
 
     from planner.prune.masked.calibration import capture_first_inputs, run_layer
@@ -130,11 +135,12 @@ def _layerwise(model, adapter, criterion: str, layer_sparsity: list[float], n: i
     return masks
 
 
-def prune_layer(layer, index: int, adapter, criterion: str, sparsity: float, n: int, m: int,
+def prune_layer(layer, index: int, adapter, criterion: str, sparsity: float | dict[str, float], n: int, m: int,
                 inputs) -> dict[str, Any]:
     """Wanda or SparseGPT on decoder layer `index` (not yet pruned), calibrated on `inputs` (the hidden states
     entering it, planner.prune.masked.calibration.LayerInputs): its linears pruned in place; returns their masks
-    by full module name. The in-memory engine and the layered one (planner.layered) both prune through this."""
+    by full module name. `sparsity`: one target for every linear, or one per full module name. The in-memory
+    engine and the layered one (planner.layered) both prune through this."""
     from planner.arch import get_submodule
     from planner.prune.masked.calibration import collect_stats
     from planner.prune.masked.patterns import nm_mask, unstructured_mask
@@ -146,12 +152,13 @@ def prune_layer(layer, index: int, adapter, criterion: str, sparsity: float, n: 
     masks: dict[str, Any] = {}
     for name, module in linears.items():
         w = out_in(module, adapter.conv1d)
+        target = sparsity[name] if isinstance(sparsity, dict) else sparsity
         if criterion == "wanda":
             scores = wanda_scores(w, stats.input_sq_sum(name))
-            keep = nm_mask(scores, n, m) if m else unstructured_mask(scores, sparsity, compare="row")
+            keep = nm_mask(scores, n, m) if m else unstructured_mask(scores, target, compare="row")
             w.mul_(keep)
         else:
-            new, keep = sparsegpt_prune(w, stats.hessian(name), sparsity=sparsity, n=n, m=m)
+            new, keep = sparsegpt_prune(w, stats.hessian(name), sparsity=target, n=n, m=m)
             w.copy_(new)
         masks[name] = keep.t().contiguous() if adapter.conv1d else keep
     return masks

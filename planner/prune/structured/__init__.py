@@ -4,8 +4,8 @@ model whose config says so, so `planner.export.export_model` writes a checkpoint
 
 | kind           | module        | criteria                                  |
 | -------------- | ------------- | ----------------------------------------- |
-| `mlp_channels` | channels.py   | magnitude, activation, taylor (importance.py) |
-| `heads`        | heads.py      | magnitude, activation, taylor (importance.py) |
+| `mlp_channels` | channels.py   | magnitude, activation, taylor (importance.py); obs (reconstruct.py) |
+| `heads`        | heads.py      | magnitude, activation, taylor (importance.py); obs (reconstruct.py) |
 | `layers`       | layers.py     | block_influence, angular, ablation        |
 
 Each engine checks the request against the config (an InputError) before it touches the model.

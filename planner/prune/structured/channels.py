@@ -81,8 +81,9 @@ def prune_mlp_channels(model, spec, calib_ids=None, batch_size: int = 4, progres
         return consumer, kept_channels[i], original
 
     if rebuild:
-        details["ridge"] = reconstruct.cut_layer_by_layer(model, adapter, calib_ids,
-                                                          lambda i, _: groups[i].consumer.module, cut, batch_size)
+        fit = reconstruct.cut_layer_by_layer(model, adapter, calib_ids, lambda i, _: groups[i].consumer.module, cut,
+                                             batch_size, target=reconstruct.reconstruct_target())
+        details["ridge"], details["reconstruct_target"] = fit["ridge"], fit["target"]
     else:
         for i in groups:
             cut(i)
