@@ -19,6 +19,16 @@ this process one after the other on a fresh copy of the model; wall time is the 
     python bench/candidate_quality.py                      # 32 x 512 calibration, 16384 held-out tokens per text
     python bench/candidate_quality.py --quick              # 8 x 256 calibration, 4096 held-out tokens per text
     python bench/candidate_quality.py --rows wanda-50 mlp-25   # rows whose name starts with these
+
+Recorded 2026-12-03 (SmolLM2-135M fp32, one thread, 32 x 512 calibration, re-fitting rows 96 x 512; held-out ppl of
+texts A / B, dense 14.131 / 14.814; rows from four invocations of this code on a shared 2-core machine):
+
+    wanda-50-uniform      29.387 / 32.906      wanda-50-bi           26.741 / 29.831   (0.910 / 0.907 of uniform)
+    sparsegpt-50-uniform  24.339 / 27.364      sparsegpt-50-bi       23.613 / 26.419   (0.970 / 0.965)
+    mlp-25                21.372 / 23.676      mlp-25-reconstruct    16.933 / 18.405   (+51.2% -> +19.8%, +59.8% -> +24.2%)
+                                               mlp-25-obs            16.946 / 18.493   (+51.2% -> +19.9%, +59.8% -> +24.8%)
+    mlp-50                53.024 / 65.536      mlp-50-obs            23.367 / 27.527   (+275% -> +65%, +342% -> +86%)
+    wanda-2:4             83.730 / 96.693      peer-wanda-2:4        83.730 / 96.693   (llm-compressor 0.14.0.1)
 """
 
 from __future__ import annotations
