@@ -100,8 +100,12 @@ def run_ours(pristine, spec: dict, calib) -> tuple[float, object, dict]:
 
 
 def refits(spec: dict) -> bool:
-    """Whether a row's spec re-fits after its cut (reconstruct: true, or criterion obs)."""
-    return spec.get("kind") in ("mlp_channels", "heads") and (spec.get("reconstruct") or spec.get("criterion") == "obs")
+    """Whether a row's spec re-fits after its cut (reconstruct.rebuilds)."""
+    import planner.kinds  # noqa: F401  (registers every kind)
+    from planner.prune.specs import parse_spec
+    from planner.prune.structured.reconstruct import rebuilds
+
+    return rebuilds(parse_spec({k: v for k, v in spec.items() if k != "_target"}))
 
 
 def held_out_texts(folder: str, eval_tokens: int, seq_len: int) -> dict:

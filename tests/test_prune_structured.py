@@ -545,14 +545,17 @@ def test_only_projections_that_add_to_the_output_are_steered_to_it(family, ids):
 
 
 def test_dense_target_statistics_are_those_of_the_layers_own_arithmetic(ids):
-    from planner.prune.structured.reconstruct import dense_outputs, gather_towards
+    from planner.prune.masked.calibration import LayerInputs, run_layer
+    from planner.prune.structured.reconstruct import gather_towards
 
     model = tiny_model("llama")
     adapter, layers, inputs = _first_inputs(model, ids)
     layer, down = layers[0], adapter.projection(layers[0], "down")
     seen = []
     handle = down.register_forward_hook(lambda m, a, out: seen.append(a[0].reshape(-1, a[0].shape[-1]).double()))
-    outs = dense_outputs(layer, inputs)
+    dense = LayerInputs(list(inputs.hidden), inputs.extra_args, inputs.extra_kwargs)
+    run_layer(layer, dense, replace=True)
+    outs = dense.hidden
     handle.remove()
     a = torch.cat(seen)
     w = down.weight.detach().double()

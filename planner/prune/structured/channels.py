@@ -82,7 +82,7 @@ def prune_mlp_channels(model, spec, calib_ids=None, batch_size: int = 4, progres
 
     if rebuild:
         fit = reconstruct.cut_layer_by_layer(model, adapter, calib_ids, lambda i, _: groups[i].consumer.module, cut,
-                                             batch_size, target=reconstruct.reconstruct_target())
+                                             batch_size)
         details["ridge"], details["reconstruct_target"] = fit["ridge"], fit["target"]
     else:
         for i in groups:

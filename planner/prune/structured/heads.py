@@ -24,7 +24,7 @@ from planner.errors import InputError
 from planner.prune.base import PruneResult
 from planner.prune.structured.common import count_parameters, keep_top
 from planner.prune.structured.importance import UnitGroup, UnitSlice, require_calibration, unit_scores
-from planner.prune.structured.reconstruct import cut_layer_by_layer, rebuilds, reconstruct_target
+from planner.prune.structured.reconstruct import cut_layer_by_layer, rebuilds
 from planner.prune.structured.slicing import slice_projection, unit_indices
 
 
@@ -150,7 +150,7 @@ def prune_heads(model, spec, calib_ids=None, batch_size: int = 4, progress: bool
 
     if rebuild:
         fit = cut_layer_by_layer(model, adapter, calib_ids, lambda i, layer: adapter.projection(layer, "o"), cut,
-                                 batch_size, target=reconstruct_target())
+                                 batch_size)
         details["ridge"], details["reconstruct_target"] = fit["ridge"], fit["target"]
     else:
         for i, layer in enumerate(adapter.get_layers(model)):

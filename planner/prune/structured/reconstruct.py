@@ -256,18 +256,6 @@ def token_weights(target, tokens: int):
     return 1.0 / target.reshape(tokens, -1).float().square().mean(-1).clamp_min(1e-12)
 
 
-def dense_outputs(layer, inputs) -> list:
-    """The layer's output for every chunk of `inputs` (the layer as it is now, i.e. dense)."""
-    import torch
-
-    outs = []
-    with torch.no_grad():
-        for k, hidden in enumerate(inputs.hidden):
-            out = layer(hidden, *inputs.extra_args[k], **inputs.extra_kwargs[k])
-            outs.append((out[0] if isinstance(out, tuple) else out).detach())
-    return outs
-
-
 def _halves(inputs):
     """The chunks of `inputs` in two halves (LayerInputs each), or None when there is a single chunk."""
     from planner.prune.masked.calibration import LayerInputs
@@ -286,16 +274,17 @@ def _split(items: list, halves) -> list:
 
 
 def cut_layer_by_layer(model, adapter, calib_ids, consumer_of: Callable, cut: Callable, chunk: int = 4,
-                       target: str = "dense") -> dict:
+                       target: str | None = None) -> dict:
     """For every decoder layer i in order: gather G of `consumer_of(i, layer)`'s inputs on the current (already
     pruned upstream) hidden states, call `cut(i, layer, gram)` (chooses the units, possibly from G; slices the
     layer; returns the consumer, the kept input features of its original weight, and that weight), re-fit the
     consumer with a cross-validated delta, then run the pruned layer to produce the next layer's inputs.
 
-    `target` "self": the re-fit preserves the uncut consumer's output on the pruned model's inputs. "dense": it
-    steers the layer's output towards the dense model's output of the same layer on the dense model's inputs, so
-    the error of the cuts upstream is corrected too (where the consumer's output adds straight to the layer's
-    output, see adds_to_output; elsewhere "self"). The units are chosen as for "self" (the removal cost of obs).
+    `target` (default TARGET) "self": the re-fit preserves the uncut consumer's output on the pruned model's
+    inputs. "dense": it steers the layer's output towards the dense model's output of the same layer on the dense
+    model's inputs, so the error of the cuts upstream is corrected too (where the consumer's output adds straight
+    to the layer's output, see adds_to_output, checked on the first layer; elsewhere "self"). The units are chosen
+    as for "self" (the removal cost of obs).
 
     Returns {"ridge": delta / mean(diag G) per layer, "target": the target used per layer}."""
     import torch
@@ -303,24 +292,22 @@ def cut_layer_by_layer(model, adapter, calib_ids, consumer_of: Callable, cut: Ca
     from planner.prune.masked.calibration import LayerInputs, capture_first_inputs, run_layer
     from planner.prune.structured.slicing import is_conv1d
 
+    target = TARGET if target is None else target
     if target not in ("self", "dense"):
         raise ValueError(f"target must be 'self' or 'dense', got {target!r}")
     layers = adapter.get_layers(model)
     inputs = capture_first_inputs(model, layers, calib_ids, chunk)
-    dense = LayerInputs(list(inputs.hidden), inputs.extra_args, inputs.extra_kwargs) if target == "dense" else None
-    shares, used = [], []
+    steer = target == "dense" and adds_to_output(layers[0], consumer_of(0, layers[0]), inputs)
+    # the dense model's hidden states, carried alongside (a list of their own: run_layer replaces its items)
+    dense = LayerInputs(list(inputs.hidden), inputs.extra_args, inputs.extra_kwargs) if steer else None
+    shares = []
     for i, layer in enumerate(layers):
         consumer = consumer_of(i, layer)
         halves = _halves(inputs)  # anew each layer: run_layer replaces the chunks
-        parts = halves or [inputs]
-        steer = dense is not None and adds_to_output(layer, consumer, inputs)
-        if dense is not None and not steer and i == 0:
-            dense = None  # this architecture's consumer does not add to the layer's output: "self" throughout
-        if dense is not None:
-            outs = dense_outputs(layer, dense)
-            dense.hidden = outs  # the dense layer's outputs: its next inputs too
         if steer:
-            stats = [gather_towards(layer, consumer, part, o) for part, o in zip(parts, _split(outs, halves))]
+            run_layer(layer, dense, replace=True)  # the dense layer's outputs: the targets, and its next inputs
+            stats = [gather_towards(layer, consumer, part, outs)
+                     for part, outs in zip(halves or [inputs], _split(dense.hidden, halves))]
             folds = [g for g, _ in stats] if halves else None
             crosses = [c for _, c in stats] if halves else None
             gram, cross = sum(g for g, _ in stats), sum(c for _, c in stats)
@@ -333,21 +320,16 @@ def cut_layer_by_layer(model, adapter, calib_ids, consumer_of: Callable, cut: Ca
         mean_diag = float(gram.diagonal().mean()) or 1.0
         ridge = cross_validated_ridge(w, folds, kept, crosses) if folds else DAMPENING * mean_diag
         shares.append(ridge / mean_diag)
-        used.append("dense" if steer else "self")
         new = refit_kept(w, gram, kept, cross=cross, ridge=ridge)
         with torch.no_grad():
             module.weight.copy_(new.t() if is_conv1d(module) else new)
         del gram, folds, crosses, cross
         if i + 1 < len(layers):
             run_layer(layer, inputs, replace=True)
-    return {"ridge": shares, "target": used}
+    return {"ridge": shares, "target": ["dense" if steer else "self"] * len(layers)}
 
 
-TARGET = "dense"  # the re-fit's target in cut_layer_by_layer (bench/candidate_quality.py sets both side by side)
-
-
-def reconstruct_target() -> str:
-    return TARGET
+TARGET = "dense"  # the re-fit's default target in cut_layer_by_layer (bench/candidate_quality.py sets both)
 
 
 # Calibration samples (of 512 tokens) a re-fitting candidate gets by default: the fit has as many unknowns per
