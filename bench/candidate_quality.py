@@ -1,7 +1,8 @@
 """Candidate quality, side by side in one run: held-out perplexity (on two held-out texts) and pruning wall time of
 
 - Wanda / SparseGPT at 50% and 60% unstructured: uniform layer sparsity against the block-influence and OWL layer
-  allocations (planner/prune/masked/allocation.py); both at 2:4;
+  allocations and the Fisher per-matrix allocation (planner/prune/masked/allocation.py); both at 2:4, in every
+  layer and with the 3 layers of highest block influence left dense (dense_layers: 3);
 - MLP channels -25% / -50% and attention heads (1 of 3 KV groups): the plain cut (activation importance), the cut
   with the least-squares re-fit of the consumer projection (`reconstruct: true`), and the units chosen by the re-fit's
   own error (criterion `obs`) (planner/prune/structured/reconstruct.py); MLP rows "-obs-self" re-fit towards the
@@ -54,11 +55,12 @@ def _masked(criterion: str, sparsity: float, allocation: str = "uniform") -> dic
 
 # (row name, spec as a dict), in the order they run; the peer's rows come last
 ROWS = [
-    *[(f"{c}-{s}-{a}", _masked(c, s / 100, {"uniform": "uniform", "bi": "block_influence", "owl": "owl"}[a]))
-      for s in (50, 60) for c in ("wanda", "sparsegpt") for a in (("uniform", "bi", "owl") if s == 50
-                                                                   else ("uniform", "bi"))],
-    ("wanda-2:4", {"kind": "nm", "n": 2, "m": 4, "criterion": "wanda"}),
-    ("sparsegpt-2:4", {"kind": "nm", "n": 2, "m": 4, "criterion": "sparsegpt"}),
+    *[(f"{c}-{s}-{a}", _masked(c, s / 100, {"uniform": "uniform", "bi": "block_influence", "owl": "owl",
+                                             "fisher": "fisher"}[a]))
+      for s in (50, 60) for c in ("wanda", "sparsegpt") for a in (("uniform", "bi", "owl", "fisher") if s == 50
+                                                                   else ("uniform", "bi", "fisher"))],
+    *[(f"{c}-2:4{suffix}", {"kind": "nm", "n": 2, "m": 4, "criterion": c, "dense_layers": d})
+      for c in ("wanda", "sparsegpt") for suffix, d in (("", 0), ("-dense3", 3))],
     *[(f"mlp-{r}{suffix}", {"kind": "mlp_channels", "ratio": r / 100, **extra}) for r in (25, 50)
       for suffix, extra in (("", {"criterion": "activation"}),
                             ("-reconstruct", {"criterion": "activation", "reconstruct": True}),
@@ -196,9 +198,14 @@ def main() -> int:
             rows_calib = refit_calib
             note = f"{args.refit_samples} x {args.seq_len} calibration; "
         seconds, model, details = run_ours(pristine, spec, rows_calib)
+        overall = f"overall {details.get('pruned_weights', 0) / max(1, details.get('prunable_weights', 0)):.4f}"
         if details.get("layer_sparsity") and spec.get("allocation", "uniform") != "uniform":
             ls = details["layer_sparsity"]
-            note += f"layers {min(ls):.2f}..{max(ls):.2f}, overall {details['pruned_weights'] / details['prunable_weights']:.4f}"
+            matrices = [r for r in details["modules"].values()]
+            note += f"layers {min(ls):.2f}..{max(ls):.2f}, matrices {min(matrices):.2f}..{max(matrices):.2f}, {overall}"
+        elif spec.get("dense_layers"):
+            dense = [i for i, r in enumerate(details["layer_sparsity"]) if r == 0.0]
+            note += f"layers {dense} dense, {overall}"
         report(name, perplexities(model, texts), seconds, note)
         del model
     if not args.no_peer and Path(args.peer_python).is_file():
@@ -228,11 +235,15 @@ def summary(results: dict, dense: dict) -> None:
     lines = []
     for s in ("50", "60"):
         for c in ("wanda", "sparsegpt"):
-            for a in ("bi", "owl"):
+            for a in ("bi", "owl", "fisher"):
                 row, base = f"{c}-{s}-{a}", f"{c}-{s}-uniform"
                 if have(row, base):
                     lines.append(f"  {row} / uniform: ppl A {ratio(row, base, 'A'):.3f}, B {ratio(row, base, 'B'):.3f}"
                                  f"; time {results[row]['seconds'] / results[base]['seconds']:.2f}x")
+    for c in ("wanda", "sparsegpt"):
+        row, base = f"{c}-2:4-dense3", f"{c}-2:4"
+        if have(row, base):
+            lines.append(f"  {row} / {base}: ppl A {ratio(row, base, 'A'):.3f}, B {ratio(row, base, 'B'):.3f}")
     for a, b in PEER_PAIRS:
         if have(a, b):
             lines.append(f"  {a} / llm-compressor: ppl A {ratio(a, b, 'A'):.4f}, B {ratio(a, b, 'B'):.4f}; time "

@@ -189,3 +189,27 @@ def test_candidates_that_refit_get_more_calibration_text():
                if criterion != "obs" and not rebuild), samples
     assert get_kind("mlp_channels").calibration(get_kind("mlp_channels").spec(ratio=0.25)).num_samples == 32
     assert get_kind("unstructured").calibration(None).num_samples == 32
+
+
+def test_nm_with_dense_layers_is_projected_on_the_pattern_layers_only():
+    """2:4 with 6 of 30 layers left dense: sparse kernels (speed, compressed bytes) on 24 of 30 layers' linears."""
+    from planner.decide.predict import figures
+    from planner.prune.specs import SemiStructuredPruning
+
+    gpu, w = get_gpu("a100"), Workload(prompt_len=2048, gen_len=16, dtype="bf16")
+    kind = get_kind("nm")
+    full, part = SemiStructuredPruning(), SemiStructuredPruning(dense_layers=6)
+    dense_figs, _ = figures(SMOL, None, w, gpu)
+    full_figs, _ = figures(SMOL, full, w, gpu)
+    part_figs, notes = figures(SMOL, part, w, gpu)
+    assert kind.pruned_shape(SMOL, part)[1] == pytest.approx(0.5 * 24 / 30)
+    assert kind.sparse_share(part, SMOL) == pytest.approx(0.8)
+    assert full_figs["prefill_ms"] < part_figs["prefill_ms"] < dense_figs["prefill_ms"]
+    assert full_figs["file_bytes"] < part_figs["file_bytes"] < dense_figs["file_bytes"]
+    # the compressed bytes are saved on 24 of 30 layers: 80% of the full pattern's saving
+    saved_full = dense_figs["file_bytes"] - full_figs["file_bytes"]
+    assert dense_figs["file_bytes"] - part_figs["file_bytes"] == pytest.approx(0.8 * saved_full)
+    assert any("6 decoder layers (highest block influence) stay dense" in n for n in notes)
+    assert (kind.ratio_text(part, SMOL), kind.amount(part)) == ("2:4, 6 layers dense", "2of4-d6")
+    assert kind.describe(part) == "2:4 semi-structured (wanda, 6 layers dense)"
+    assert (kind.ratio_text(full, SMOL), kind.amount(full)) == ("2:4", "2of4")

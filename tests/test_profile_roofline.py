@@ -203,6 +203,33 @@ def test_sparse_2to4_only_where_the_gpu_has_it():
         assert asked.prefill_ms == plain.prefill_ms
 
 
+@pytest.mark.parametrize("runtime", [None, "vllm"])
+def test_sparse_2to4_in_a_share_of_the_layers_is_the_weighted_sum_of_sparse_and_dense(runtime):
+    """N:M with layers left dense: every projection op's time (roofline and serving model) and the weight bytes are
+    share x the 2:4 figure + (1 - share) x the dense one; share 1 is the all-sparse estimate, 0 the dense one."""
+    shape = llama2_7b_shape()
+    w = Workload(prompt_len=512, gen_len=64, dtype="bf16", runtime=runtime)
+    dense, sparse = estimate(shape, w, "a100"), estimate(shape, w, "a100", sparse_2to4=True)
+    part = estimate(shape, w, "a100", sparse_2to4=0.75)
+    assert part.sparse_2to4_applied and part.sparse_2to4_share == 0.75 and "in 75% of the layers" in part.label
+    assert estimate(shape, w, "a100", sparse_2to4=1.0).prefill_ms == sparse.prefill_ms
+    assert estimate(shape, w, "a100", sparse_2to4=0.0).prefill_ms == dense.prefill_ms
+    for phase in ("prefill", "decode"):
+        ops = {name: {op.name: op for op in getattr(e, phase).ops} for name, e in
+               (("d", dense), ("s", sparse), ("p", part))}
+        for op in ("up_proj", "o_proj", "lm_head", "attn_scores"):
+            assert ops["p"][op].time_ms == pytest.approx(0.75 * ops["s"][op].time_ms + 0.25 * ops["d"][op].time_ms)
+    assert part.weight_bytes == pytest.approx(0.75 * sparse.weight_bytes + 0.25 * dense.weight_bytes)
+    for phase in ("prefill_ms", "decode_ms_per_token"):  # between the two (equal where the runtime has no 2:4 kernel)
+        low, mid, high = (getattr(e, phase) for e in (sparse, part, dense))
+        assert low < mid < high or low == mid == high
+    assert sparse.prefill_ms < part.prefill_ms < dense.prefill_ms or runtime
+    if runtime:  # the serving model's work blends the same way (host time and kernel floors do not change)
+        for phase in ("prefill", "decode"):
+            works = [getattr(e.serving, phase).work_ms for e in (dense, sparse, part)]
+            assert works[2] == pytest.approx(0.75 * works[1] + 0.25 * works[0])
+
+
 # -- peaks and errors -------------------------------------------------------------------------------------------
 
 

@@ -261,7 +261,7 @@ def test_outlier_fraction_counts_scores_above_m_times_the_mean():
     assert outlier_fraction([scores[:500], scores[500:]]) == pytest.approx(7 / 1000)
 
 
-@pytest.mark.parametrize("allocation", ["owl", "block_influence"])
+@pytest.mark.parametrize("allocation", ["owl", "block_influence", "fisher"])
 @pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
 def test_non_uniform_allocation_prunes_each_layer_at_its_ratio_and_the_target_overall(allocation, criterion):
     model = tiny_model("llama", num_hidden_layers=4)
@@ -281,6 +281,58 @@ def test_non_uniform_allocation_prunes_each_layer_at_its_ratio_and_the_target_ov
         assert abs(result.details["layers"][i] - ratios[i]) * weights <= 7
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_fisher_saliency_is_the_obd_cost_of_the_weights_wanda_would_remove(family):
+    from planner.prune.masked import allocation
+
+    model = tiny_model(family, num_hidden_layers=2)
+    adapter = get_adapter(model)
+    ids = example_ids(3, 16)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = allocation.fisher_saliencies(model, adapter, ids, 0.5)
+    # the model is left as it was: weights, requires_grad, no gradients
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    # by hand: per-sample squared gradients of the loss (FISHER_SAMPLES of them), inputs' squared norms over the
+    # same samples, each row's lowest half of |W| ||X|| removed, mean of F w^2 over the matrix
+    linears = {name: module for _, _, name, module in adapter.iter_linears(model)}
+    sq = {name: 0.0 for name in linears}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, name=name: sq.__setitem__(
+        name, sq[name] + a[0].detach().double().reshape(-1, a[0].shape[-1]).square().sum(0))) for name, m in
+        linears.items()]
+    fisher = {name: 0.0 for name in linears}
+    for k in range(allocation.FISHER_SAMPLES):
+        loss = model(input_ids=ids[k : k + 1], labels=ids[k : k + 1]).loss
+        grads = torch.autograd.grad(loss, [m.weight for m in linears.values()])
+        for name, g in zip(linears, grads):
+            fisher[name] = fisher[name] + g.double().square()
+    for h in hooks:
+        h.remove()
+    assert set(got) == set(linears)
+    for name, module in linears.items():
+        w = out_in(module.weight, family).double()
+        f = out_in(fisher[name], family)
+        removed = ~unstructured_mask(w.abs() * sq[name].sqrt().view(1, -1), 0.5, compare="row").bool()
+        assert got[name] == pytest.approx(float((f * w.square())[removed].sum()) / w.numel(), rel=1e-4)
+
+
+def test_fisher_allocation_prunes_each_matrix_less_the_more_its_pruned_weights_cost(monkeypatch):
+    from planner.prune.masked import allocation
+
+    model = tiny_model("llama", num_hidden_layers=3)
+    linears = list(get_adapter(model).iter_linears(model))
+    saliency = {name: float(j % 5 + (j == 4) * 40) for j, (_, _, name, _) in enumerate(linears)}  # one outlier
+    monkeypatch.setattr(allocation, "fisher_saliencies", lambda *args: saliency)
+    ratios = allocation.allocate(model, get_adapter(model), example_ids(2, 8), 4, "fisher", 0.5)
+    sizes = {name: module.weight.numel() for _, _, name, module in linears}
+    assert sum(ratios[n] * sizes[n] for n in ratios) / sum(sizes.values()) == pytest.approx(0.5)
+    order = sorted(ratios, key=lambda n: saliency[n])
+    assert all(ratios[a] >= ratios[b] - 1e-12 for a, b in zip(order, order[1:]))
+    assert max(ratios.values()) - min(ratios.values()) == pytest.approx(2 * allocation.SPREAD["fisher"])
+
+
 def test_matrix_sparsities_round_once_over_the_whole_model():
     from planner.prune.masked.allocation import matrix_sparsities
     from planner.prune.masked.patterns import rounded
@@ -288,11 +340,50 @@ def test_matrix_sparsities_round_once_over_the_whole_model():
     model = tiny_model("llama", num_hidden_layers=4)
     linears = list(get_adapter(model).iter_linears(model))
     ratios = [0.3137, 0.55, 0.61, 0.5263]
-    per_layer = matrix_sparsities(linears, False, ratios)
+    wanted = {name: ratios[i] + 0.0013 * j for j, (i, _, name, _) in enumerate(linears)}  # one per matrix
+    per_layer = matrix_sparsities(linears, False, wanted)
     counts = [rounded(per_layer[i][name] * module.weight.numel()) for i, _, name, module in linears]
-    assert all(rounded(c) == c for c in counts)
-    wanted = sum(ratios[i] * module.weight.numel() for i, _, _, module in linears)
-    assert sum(counts) == rounded(wanted)
+    assert all(abs(per_layer[i][name] * module.weight.numel() - c) < 1e-6 for (i, _, name, module), c
+               in zip(linears, counts))
+    assert sum(counts) == rounded(sum(wanted[name] * module.weight.numel() for _, _, name, module in linears))
+    # each matrix within one weight of its own ratio
+    assert all(abs(c - wanted[name] * module.weight.numel()) <= 1 for (_, _, name, module), c in zip(linears, counts))
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_nm_dense_layers_leaves_the_most_influential_layers_untouched(criterion):
+    from planner.prune.masked.allocation import block_influences
+    from planner.prune.masked.calibration import CHUNK_SAMPLES
+
+    model = tiny_model("llama", num_hidden_layers=5)
+    before = {name: module.weight.detach().clone() for _, _, name, module in get_adapter(model).iter_linears(model)}
+    ids = example_ids(8, 24)
+    influence = block_influences(model, get_adapter(model), ids, CHUNK_SAMPLES)
+    top = sorted(range(5), key=lambda i: -influence[i])[:2]
+    result = apply_pruning(model, SemiStructuredPruning(n=2, m=4, criterion=criterion, dense_layers=2), ids,
+                           progress=False)
+    adapter = get_adapter(model)
+    for i, _, name, module in adapter.iter_linears(model):
+        if i in top:  # left dense: the very same weights, an all-ones mask
+            assert torch.equal(module.weight, before[name]) and bool(result.masks[name].all())
+        else:
+            assert nm_violations(module.weight != 0, 2, 4) == 0
+            assert int((module.weight == 0).sum()) * 2 == module.weight.numel()
+    assert [result.details["layers"][i] for i in top] == [0.0, 0.0]
+    assert result.achieved_sparsity == pytest.approx(0.5 * 3 / 5)
+    assert result.details["target_sparsity"] == pytest.approx(0.5 * 3 / 5)
+
+
+def test_nm_dense_layers_bad_values_are_input_errors():
+    model = tiny_model("llama", num_hidden_layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match="dense_layers 3 leaves no layer to prune.*3 decoder layers; give 0 to 2"):
+        apply_pruning(model, SemiStructuredPruning(criterion="wanda", dense_layers=3), example_ids(2, 8))
+    with pytest.raises(InputError, match="dense_layers 1 .*criterion 'magnitude' takes dense_layers 0"):
+        apply_pruning(model, SemiStructuredPruning(criterion="magnitude", dense_layers=1), example_ids(2, 8))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError):
+        SemiStructuredPruning(dense_layers=-1)
 
 
 def test_non_uniform_allocation_refuses_magnitude():

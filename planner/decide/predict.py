@@ -93,6 +93,8 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
     kind = get_kind(spec)
     new_shape, _ = kind.pruned_shape(shape, spec)
     sparse = kind.sparse_kernel(spec, gpu, workload.dtype)
+    if sparse and kind.sparse_share(spec, shape) < 1.0:  # N:M with layers left dense: that share on sparse kernels
+        sparse = kind.sparse_share(spec, shape)
     serving = {}
     if quantize is not None:
         serving["weight_format"] = quantize.scheme
@@ -105,7 +107,8 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
     notes = list(kind.projection_notes(spec, gpu, workload.dtype, sparse))
     file_bytes, file_notes = kind.file_bytes(spec, weight_bytes=weight_bytes,
                                              dense_weight_bytes=float(est.parameters) * b,
-                                             linear_bytes=lin_bytes, dtype_bytes=b, sparse=sparse)
+                                             linear_bytes=lin_bytes, dtype_bytes=b, sparse=sparse,
+                                             shape=shape)
     notes += file_notes
     if quantize is not None:
         # the decoder blocks' linear weights are stored quantized (scales included); embeddings stay dense
@@ -150,7 +153,7 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
     return out, notes
 
 
-def _traffic(estimator, shape, sparse: bool, serving: dict, workload, gpu, notes: list[str]) -> dict:
+def _traffic(estimator, shape, sparse: bool | float, serving: dict, workload, gpu, notes: list[str]) -> dict:
     """The figures under the workload's traffic (request rate, trace or concurrency > 1), {} without traffic."""
     from planner.perf.runtimes import get_runtime
     from planner.perf.traffic import has_traffic, traffic_figures

@@ -91,13 +91,18 @@ class Kind:
         """Whether the target runs this step on sparse kernels (projected at the sparse rate)."""
         return False
 
+    def sparse_share(self, spec, shape) -> float:
+        """Of the decoder layers, the share the sparse kernels run where sparse_kernel() holds (1: all)."""
+        return 1.0
+
     def projection_notes(self, spec, gpu, dtype: str, sparse: bool) -> list[str]:
         return []
 
     def file_bytes(self, spec, *, weight_bytes: float, dense_weight_bytes: float, linear_bytes: float,
-                   dtype_bytes: float, sparse: bool) -> tuple[float, list[str]]:
+                   dtype_bytes: float, sparse: bool | float, shape=None) -> tuple[float, list[str]]:
         """(checkpoint bytes, notes). `weight_bytes`: resident weights as projected; `linear_bytes`: the decoder
-        blocks' linear weights (what masks prune); `dense_weight_bytes`: every parameter at the dtype."""
+        blocks' linear weights (what masks prune); `dense_weight_bytes`: every parameter at the dtype; `shape`: the
+        model's shape before the step."""
         return weight_bytes, []
 
     def calibration(self, spec):

@@ -20,7 +20,8 @@ class UnstructuredKind(Kind):
     def projection_notes(self, spec, gpu, dtype, sparse):
         return ["unstructured zeros stay in dense tensors: projected at the dense shape and dense kernels"]
 
-    def file_bytes(self, spec, *, weight_bytes, dense_weight_bytes, linear_bytes, dtype_bytes, sparse):
+    def file_bytes(self, spec, *, weight_bytes, dense_weight_bytes, linear_bytes, dtype_bytes, sparse,
+                   shape=None):
         # compressed sparse format: a bitmask (1 bit per weight) + the non-zero values
         size = weight_bytes - linear_bytes + linear_bytes * (1 - spec.sparsity) + linear_bytes / (8 * dtype_bytes)
         return size, ["file size in a compressed sparse format (bitmask + non-zeros); a dense safetensors file "
@@ -33,7 +34,8 @@ class UnstructuredKind(Kind):
         return f"{round(spec.sparsity * 100)}"
 
     def describe(self, spec) -> str:
-        allocation = "" if spec.allocation == "uniform" else f", {spec.allocation} layer sparsity"
+        allocation = {"uniform": "", "fisher": ", Fisher sparsity per matrix"}.get(
+            spec.allocation, f", {spec.allocation} layer sparsity")
         return f"unstructured {100 * spec.sparsity:.0f}% ({spec.criterion}{allocation})"
 
 

@@ -48,6 +48,8 @@ def layered_refusal(spec) -> str | None:
             return "global magnitude compares every layer's weights at once"
         if getattr(spec, "allocation", "uniform") != "uniform":
             return f"allocation {spec.allocation!r} needs a statistic of every layer before the first is pruned"
+        if getattr(spec, "dense_layers", 0):
+            return "dense_layers ranks every layer by block influence before the first is pruned"
         return None
     if kind == "mlp_channels":
         if spec.criterion == "taylor":
@@ -68,7 +70,8 @@ def check_layered(spec) -> None:
     if reason:
         raise InputError(f"{spec.kind} pruning ({spec.model_dump_json(exclude={'version'})}) cannot run layer by "
                          f"layer: {reason}. The layered path (a model larger than --max-memory) takes unstructured "
-                         "and N:M masks (magnitude per layer, wanda, sparsegpt; allocation uniform) and MLP channels "
+                         "and N:M masks (magnitude per layer, wanda, sparsegpt; allocation uniform, no "
+                         "dense_layers) and MLP channels "
                          "(magnitude, activation); give more memory (--max-memory) or choose one of those")
 
 

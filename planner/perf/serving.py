@@ -19,7 +19,7 @@ architecture, dtype and tokens per GEMM; elsewhere the GEMM runs at the dense ra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, computed_field
 
@@ -105,6 +105,17 @@ def sparse_2to4_density(dtype_bytes: float) -> float:
     return 0.5 * (1.0 + 2.0 / (8.0 * dtype_bytes))
 
 
+def sparse_variants(op, dtype_bytes: float) -> list[tuple[float, Any]]:
+    """(weight, op) pairs whose weighted costs add up to `op`'s: an op on 2:4 kernels in only a share of its
+    instances is that share of the 2:4 op and the rest of the same op with dense weights."""
+    if not op.sparse_2to4 or op.sparse_share >= 1.0:
+        return [(1.0, op)]
+    dense_weight = op.weight_bytes / sparse_2to4_density(dtype_bytes)
+    dense = op.model_copy(update={"sparse_2to4": False, "sparse_share": 1.0, "weight_bytes": dense_weight,
+                                  "bytes": op.bytes - op.weight_bytes + dense_weight})
+    return [(op.sparse_share, op.model_copy(update={"sparse_share": 1.0})), (1.0 - op.sparse_share, dense)]
+
+
 def is_gemm(name: str) -> bool:
     return name in GEMM_NAMES or name == "lm_head"
 
@@ -167,7 +178,8 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
     host_scale = quant.host_factor if quant is not None else 1.0
     per_layer_kernels = sum(per_layer(op, layers) * k for op, k in zip(ops, kernels))
     fixed_kernels = sum(k for op, k in zip(ops, kernels) if not per_layer(op, layers)) or 1.0
-    for op, k in zip(ops, kernels):
+    def instance_ms(op, split: int) -> float:
+        """One instance of `op` at the runtime's rates (kernel floor and host time apart)."""
         gemm = is_gemm(op.name)
         # GEMMs and fused attention (tensor cores, streaming K/V) run at the GEMM rates; small ops at `other`
         fast = gemm or (rates.fused_attention and op.name in ("attn_scores", "attn_values"))
@@ -198,10 +210,14 @@ def serve_phase(phase, *, layers: int, rates: Rates, peak: float, bandwidth: flo
                 formats.setdefault("2:4", f"no 2:4 kernel in {runtime.id if runtime else 'this runtime'} for "
                                           f"{gpu.architecture or gpu.id}/{dtype} at {tokens} tokens per GEMM: "
                                           "dense rate")
+        return max(flops / (op_peak * e_c), nbytes / (bandwidth * e_m)) * 1e3 / split if op_peak and bandwidth else 0.0
+
+    for op, k in zip(ops, kernels):
         roofline_ms += op.time_ms
         in_layer = per_layer(op, layers) > 0
         split = tensor_parallel if in_layer else 1
-        work = max(flops / (op_peak * e_c), nbytes / (bandwidth * e_m)) * 1e3 / split if op_peak and bandwidth else 0.0
+        # 2:4 in only a share of the layers: that share of the instances sparse, the rest dense
+        work = sum(weight * instance_ms(variant, split) for weight, variant in sparse_variants(op, dtype_bytes))
         work_ms += op.count * work
         device[op.category] += op.count * max(work, k * floor_ms)
         share = rates.host_ms_per_layer * host_scale * k / per_layer_kernels if in_layer and per_layer_kernels \

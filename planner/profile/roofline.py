@@ -17,7 +17,9 @@ Conventions (what a serving stack such as vLLM runs, not what eager PyTorch happ
   are negligible next to the GEMMs and are not counted in FLOP shares).
 - 2:4 sparsity (`sparse_2to4=True`) changes anything only on a GPU with sparse tensor cores for the dtype: the
   decoder layers' projection weights shrink to half the values plus 2-bit indices, and those GEMMs run at twice
-  the math peak. The LM head and embeddings stay dense. Elsewhere zeros are multiplied by dense kernels.
+  the math peak. The LM head and embeddings stay dense. Elsewhere zeros are multiplied by dense kernels. A share
+  (`sparse_2to4=0.9`: N:M with some layers left dense) puts that share of the layers on the sparse kernels and the
+  rest at the dense rate: each projection op's time is the share-weighted sum of its sparse and dense instances.
 
 Nothing here needs weights, so a Llama-2-70B plan on an H100 works from its config.json.
 """
@@ -31,7 +33,7 @@ from pydantic import Field, computed_field
 from planner.arch import ModelShape
 from planner.errors import InputError
 from planner.perf.footprint import linear_parameters, norm_width, parameter_count  # noqa: F401  (callers' names)
-from planner.perf.serving import Serving, StepBound, sparse_2to4_density, step_bound
+from planner.perf.serving import Serving, StepBound, sparse_2to4_density, sparse_variants, step_bound
 from planner.profile._doc import Doc
 from planner.workload import Workload
 
@@ -56,6 +58,8 @@ class OpCost(Doc):
     weight_bytes: float = Field(0.0, ge=0, description="part of `bytes` that is weights")
     count: int = Field(1, ge=0)
     sparse_2to4: bool = False
+    sparse_share: float = Field(1.0, ge=0.0, le=1.0, description="with sparse_2to4: share of the `count` instances "
+                                "on 2:4 kernels (the rest dense; `bytes` and `weight_bytes` are the 2:4 instance's)")
 
     @computed_field
     @property
@@ -157,6 +161,7 @@ class RooflineEstimate(Doc):
     peaks_source: Literal["datasheet", "measured"]
     sparse_2to4: bool = Field(description="2:4 sparsity was asked for")
     sparse_2to4_applied: bool = Field(description="the GPU has 2:4 sparse tensor cores for the dtype")
+    sparse_2to4_share: float = Field(1.0, description="share of the decoder layers asked to run 2:4 (1: all)")
     shape: ModelShape
     workload: Workload
     prefill: PhaseEstimate
@@ -317,7 +322,7 @@ def bytes_op(name: str, category: Category, read: float, write: float, dtype_byt
 
 
 def _phase_ops(shape: ModelShape, batch: int, new_tokens: int, context: float, causal_pairs: float,
-               d: float, density: float) -> list[OpCost]:
+               d: float, density: float, sparse_share: float = 1.0) -> list[OpCost]:
     """Every op of one forward pass over `batch x new_tokens` tokens, attention reading `context` keys.
 
     `causal_pairs` is the number of query-key pairs per sequence and head that attention computes.
@@ -329,7 +334,7 @@ def _phase_ops(shape: ModelShape, batch: int, new_tokens: int, context: float, c
 
     def proj(role: str, category: Category, n: int, k: int) -> None:
         op = gemm_cost(t, n, k, d, density, name=f"{role}_proj", category=category, count=n_layers)
-        ops.append(op.model_copy(update={"sparse_2to4": sparse}))
+        ops.append(op.model_copy(update={"sparse_2to4": sparse, "sparse_share": sparse_share if sparse else 1.0}))
 
     # embedding gather (and learned positions for GPT-2 / OPT)
     n_tables = 2 if shape.family in ("gpt2", "opt") else 1
@@ -369,14 +374,19 @@ def _phase_ops(shape: ModelShape, batch: int, new_tokens: int, context: float, c
     return ops
 
 
-def _place(ops: list[OpCost], peak: float, bandwidth: float, sparse_speedup: float) -> tuple[list[OpEstimate], float, float]:
+def _place(ops: list[OpCost], peak: float, bandwidth: float, sparse_speedup: float,
+           dtype_bytes: float) -> tuple[list[OpEstimate], float, float]:
     placed, compute_s, memory_s = [], 0.0, 0.0
     for op in ops:
-        op_peak = peak * (sparse_speedup if op.sparse_2to4 else 1.0)
-        c, m = op.total_flops / op_peak, op.total_bytes / bandwidth
-        compute_s, memory_s = compute_s + c, memory_s + m
-        placed.append(OpEstimate(**op.model_dump(exclude={"intensity"}), peak_flops=op_peak, time_ms=max(c, m) * 1e3,
-                                 bound="compute" if c >= m else "memory"))
+        time_s = op_c = op_m = 0.0
+        for weight, variant in sparse_variants(op, dtype_bytes):
+            c = variant.total_flops / (peak * (sparse_speedup if variant.sparse_2to4 else 1.0))
+            m = variant.total_bytes / bandwidth
+            time_s, op_c, op_m = time_s + weight * max(c, m), op_c + weight * c, op_m + weight * m
+        compute_s, memory_s = compute_s + op_c, memory_s + op_m
+        op_peak = op.total_flops / op_c if op_c else peak  # the effective math peak over all instances
+        placed.append(OpEstimate(**op.model_dump(exclude={"intensity"}), peak_flops=op_peak, time_ms=time_s * 1e3,
+                                 bound="compute" if op_c >= op_m else "memory"))
     return placed, compute_s * 1e3, memory_s * 1e3
 
 
@@ -408,7 +418,7 @@ def activation_bytes(shape: ModelShape, tokens: int, batch: int, dtype_bytes: fl
     return tokens * (2 * h + max(mlp, attn)) * dtype_bytes + batch * shape.vocab_size * LOGITS_BYTES
 
 
-def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, sparse_2to4: bool = False,
+def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, sparse_2to4: bool | float = False,
              peaks: dict | None = None, runtime=None, rates=None, weight_format: str | None = None,
              tensor_parallel: int = 1) -> RooflineEstimate:
     """Prefill and one decode step of `shape` serving `workload` on `gpu`.
@@ -425,7 +435,8 @@ def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, spa
         gpu = get_gpu(gpu)
     dtype, d = workload.dtype, workload.dtype_bytes
     peak, bandwidth, source = _device_peaks(gpu, dtype, peaks)
-    applied = bool(sparse_2to4 and gpu.sparse_2to4_for(dtype))
+    share = min(1.0, max(0.0, float(sparse_2to4)))  # True: every decoder layer; a float: that share of them
+    applied = bool(share and gpu.sparse_2to4_for(dtype))
     density = sparse_2to4_density(d) if applied else 1.0
     speedup = 2.0 if applied else 1.0
 
@@ -440,13 +451,14 @@ def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, spa
     b, p = workload.batch_size, workload.prompt_len
     decode_b = max(b, workload.concurrency) if runtime_spec is not None and runtime_spec.continuous_batching else b
     decode_context = p + workload.gen_len / 2
-    prefill_ops = _phase_ops(shape, b, p, context=p, causal_pairs=p * (p + 1) / 2, d=d, density=density)
+    prefill_ops = _phase_ops(shape, b, p, context=p, causal_pairs=p * (p + 1) / 2, d=d, density=density,
+                             sparse_share=share)
     decode_ops = _phase_ops(shape, decode_b, 1, context=decode_context, causal_pairs=decode_context, d=d,
-                            density=density)
+                            density=density, sparse_share=share)
     phases = {}
     for name, ops, batch, new_tokens, context in (("prefill", prefill_ops, b, p, float(p)),
                                                   ("decode", decode_ops, decode_b, 1, decode_context)):
-        placed, compute_ms, memory_ms = _place(ops, peak, bandwidth, speedup)
+        placed, compute_ms, memory_ms = _place(ops, peak, bandwidth, speedup, d)
         phases[name] = PhaseEstimate(phase=name, batch_size=batch, new_tokens=new_tokens, context_len=context,
                                      ops=placed, compute_ms=compute_ms, memory_ms=memory_ms)
     serving = None
@@ -456,12 +468,14 @@ def estimate(shape: ModelShape, workload: Workload, gpu: "GpuSpec | str", *, spa
 
     params = parameter_count(shape)
     linear = linear_parameters(shape)
-    weight_bytes = ((params - linear) + linear * density) * d
+    weight_bytes = ((params - linear) + linear * (share * density + 1.0 - share if applied else 1.0)) * d
     where = f"{gpu.id} ({dtype}, {'datasheet' if source == 'datasheet' else 'measured'} peaks"
-    where += ", 2:4 sparse tensor cores" if applied else ""
+    if applied:
+        where += ", 2:4 sparse tensor cores" + (f" in {share:.0%} of the layers" if share < 1.0 else "")
     return RooflineEstimate(
         gpu=gpu.id, gpu_name=gpu.name, dtype=dtype, dtype_bytes=d, peak_flops=peak, bandwidth=bandwidth,
-        peaks_source=source, sparse_2to4=sparse_2to4, sparse_2to4_applied=applied, shape=shape, workload=workload,
+        peaks_source=source, sparse_2to4=bool(share), sparse_2to4_applied=applied, sparse_2to4_share=share,
+        shape=shape, workload=workload,
         prefill=phases["prefill"], decode=phases["decode"], parameters=params, weight_bytes=weight_bytes,
         kv_cache_bytes_per_token=2 * shape.num_layers * shape.kv_dim * d,
         kv_sequences=max(b, workload.concurrency),

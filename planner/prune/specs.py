@@ -50,8 +50,9 @@ class UnstructuredPruning(MaskedSpec):
     sparsity: float = Field(..., ge=0.0, lt=1.0)
     criterion: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
     scope: Literal["layer", "global"] = "layer"  # magnitude only: compare within each layer or across all
-    # wanda/sparsegpt: the same sparsity in every layer, or layer ratios from a layer statistic (masked/allocation.py)
-    allocation: Literal["uniform", "owl", "block_influence"] = "uniform"
+    # wanda/sparsegpt: the same sparsity in every layer, layer ratios from a layer statistic (owl, block_influence)
+    # or one ratio per decoder linear from the loss its pruned weights cost (fisher) (masked/allocation.py)
+    allocation: Literal["uniform", "owl", "block_influence", "fisher"] = "uniform"
 
     def mask_pattern(self) -> tuple[str, float, int, int]:
         if self.allocation != "uniform" and self.criterion == "magnitude":
@@ -76,12 +77,25 @@ class SemiStructuredPruning(MaskedSpec):
     n: int = Field(2, ge=1)
     m: int = Field(4, ge=2)
     criterion: Literal["magnitude", "wanda", "sparsegpt"] = "wanda"
+    # N:M by layer skipping: this many decoder layers stay dense, those with the highest block influence
+    # (masked/allocation.py); the others take the pattern. The overall sparsity falls to n/m x (L - dense_layers) / L
+    dense_layers: int = Field(0, ge=0)
 
     def mask_pattern(self) -> tuple[str, float, int, int]:
         from planner.prune.masked.patterns import check_nm
 
         check_nm(self.n, self.m)
+        if self.dense_layers and self.criterion == "magnitude":
+            from planner.errors import InputError
+
+            raise InputError(f"dense_layers {self.dense_layers} chooses the layers by block influence on calibration "
+                             "text: it applies to criteria 'wanda' and 'sparsegpt'; criterion 'magnitude' takes "
+                             "dense_layers 0")
         return f"{self.n}:{self.m}", self.n / self.m, self.n, self.m
+
+    def share_sparse(self, num_layers: int) -> float:
+        """Share of the decoder layers (all of equal size) that take the pattern."""
+        return (num_layers - min(self.dense_layers, num_layers)) / num_layers if num_layers else 1.0
 
 
 class MlpChannelPruning(_Spec):

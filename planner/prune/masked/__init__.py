@@ -73,25 +73,38 @@ def prune_masked(model, spec, calib_ids=None, *, progress: bool = True, tokenize
         calibration_info = {"samples": int(calib_ids.shape[0]), "seq_len": int(calib_ids.shape[1]),
                             "tokens": int(calib_ids.numel())}
         chunk = chunk_samples or CHUNK_SAMPLES
-        layer_sparsity = _allocation(model, adapter, spec, sparsity, m, calib_ids, chunk)
-        targets = layer_sparsity
-        if len(set(layer_sparsity)) > 1:  # per matrix, so the counts add up to exactly the overall target
-            from planner.prune.masked.allocation import matrix_sparsities
-
-            targets = matrix_sparsities(linears, adapter.conv1d, layer_sparsity)
+        layer_sparsity, targets = _allocation(model, adapter, linears, spec, sparsity, m, calib_ids, chunk)
+        if m:  # N:M with layers left dense: the overall target is lower than n/m
+            sparsity = sum(layer_sparsity) / len(layer_sparsity)
         masks = _layerwise(model, adapter, spec.criterion, targets, n, m, calib_ids, chunk, progress)
     return _result(spec, pattern, sparsity, params, masks, linears, calibration_info, layer_sparsity)
 
 
-def _allocation(model, adapter, spec, sparsity: float, m: int, calib_ids, chunk: int) -> list[float]:
-    """Sparsity of each decoder layer: the target everywhere (uniform), or spread by a layer statistic
-    (allocation.py)."""
-    allocation = getattr(spec, "allocation", "uniform")
-    if allocation == "uniform" or m:
-        return [sparsity] * len(adapter.get_layers(model))
-    from planner.prune.masked.allocation import allocate
+def _allocation(model, adapter, linears, spec, sparsity: float, m: int, calib_ids,
+                chunk: int) -> tuple[list[float], list]:
+    """(sparsity of each decoder layer, the target each layer is pruned to: a float or {module name: float}): the
+    target everywhere (uniform), spread by a statistic (allocation.py), or, N:M with dense_layers, 0 in the layers
+    left dense."""
+    from planner.prune.masked import allocation as alloc
+    from planner.prune.masked.patterns import out_in
 
-    return allocate(model, adapter, calib_ids, chunk, allocation, sparsity)
+    layers = len(adapter.get_layers(model))
+    if m:
+        dense = alloc.dense_layers(model, adapter, calib_ids, chunk, getattr(spec, "dense_layers", 0))
+        per_layer = [0.0 if i in dense else sparsity for i in range(layers)]
+        return per_layer, per_layer
+    allocation = getattr(spec, "allocation", "uniform")
+    if allocation == "uniform":
+        return [sparsity] * layers, [sparsity] * layers
+    # per matrix, the counts rounded over the whole model so they add up to exactly the overall target
+    targets = alloc.matrix_sparsities(linears, adapter.conv1d,
+                                      alloc.allocate(model, adapter, calib_ids, chunk, allocation, sparsity))
+    pruned, weights = [0.0] * layers, [0] * layers
+    for i, _, name, module in linears:
+        numel = out_in(module, adapter.conv1d).numel()
+        pruned[i] += targets[i][name] * numel
+        weights[i] += numel
+    return [p / w for p, w in zip(pruned, weights)], targets
 
 
 def magnitude_masks(linears, conv1d: bool, spec, sparsity: float, n: int, m: int) -> dict[str, Any]:
@@ -148,6 +161,10 @@ def prune_layer(layer, index: int, adapter, criterion: str, sparsity: float | di
     from planner.prune.masked.wanda import wanda_scores
 
     linears = {f"{adapter.layers}.{index}.{path}": get_submodule(layer, path) for _, path in adapter.linear_roles()}
+    if sparsity == 0.0:  # a layer left dense (N:M with dense_layers): nothing to calibrate
+        import torch
+
+        return {name: torch.ones_like(module.weight, dtype=torch.bool) for name, module in linears.items()}
     stats = collect_stats(layer, linears, inputs, hessian=criterion == "sparsegpt")
     masks: dict[str, Any] = {}
     for name, module in linears.items():
