@@ -609,3 +609,17 @@ def test_wanda_beats_magnitude_at_two_four_on_the_embedded_model(embedded_path):
 
     wanda, magnitude = pruned_ppl("wanda"), pruned_ppl("magnitude")
     assert wanda < 0.8 * magnitude, (wanda, magnitude)
+
+
+def test_fisher_saliency_of_a_bf16_model_is_close_to_the_float32_one_and_keeps_the_dtype():
+    """bf16 gradients squared would underflow in bf16: the saliencies are summed in float32 and up."""
+    from planner.prune.masked import allocation
+
+    model = tiny_model("llama", num_hidden_layers=2)
+    ids = example_ids(2, 16)
+    full = allocation.fisher_saliencies(model, get_adapter(model), ids, 0.5)
+    model = model.to(torch.bfloat16)
+    half = allocation.fisher_saliencies(model, get_adapter(model), ids, 0.5)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(v > 0 for v in half.values())
+    assert all(half[n] == pytest.approx(full[n], rel=0.05) for n in full)  # bf16 weights and gradients: ~2% apart

@@ -177,7 +177,8 @@ def fisher_saliencies(model, adapter, calib_ids, sparsity: float) -> dict[str, f
     def fold(name):
         def hook(weight):
             with torch.no_grad():
-                cost = (weight.grad * weight).square_().masked_fill_(kept[name], 0.0)
+                # float32 at least: a 16-bit square of gradient x weight (~1e-10) would underflow to 0
+                cost = (weight.grad.float() * weight.float()).square_().masked_fill_(kept[name], 0.0)
                 total[name] += float(cost.sum(dtype=torch.float64))
             weight.grad = None
 
