@@ -39,8 +39,9 @@ of highest block influence, 0, 1 and 29, left dense):
     sparsegpt-50-uniform  24.339 / 27.364      sparsegpt-50-fisher   22.517 / 25.284   (0.925 / 0.924)
     wanda-2:4             83.730 / 96.693      wanda-2:4-dense3      48.745 / 54.110   (0.582 / 0.560; 45% overall)
     sparsegpt-2:4         42.593 / 49.325      sparsegpt-2:4-dense3  33.521 / 38.149   (0.787 / 0.773)
-    pruning time, one run, one thread: wanda-50-uniform 118.7 s, -bi 121.0 s, -fisher 119.2 s (1.00x; the Fisher
-    pass alone takes 16.6-18.5 s against 98.5-118.7 s for a uniform Wanda prune on this machine: 1.14-1.19x)
+    pruning time, one run, one thread: wanda-50-uniform 118.7 s, -bi 121.0 s, -fisher 119.2 s (1.00x); uniform and
+    fisher alternated twice with nothing else running: 115.3 / 106.6 s against 113.0 / 114.9 s (1.03x); the Fisher
+    pass alone takes 16.6-18.5 s, so at most 1.14-1.19x of a 98.5-118.7 s uniform prune on this machine
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Masked pruning: zeros inside the dense weights of every decoder linear (shapes unchanged).
 
     {"kind": "unstructured", "sparsity": 0.5, "criterion": "sparsegpt"}
+    {"kind": "unstructured", "sparsity": 0.5, "criterion": "wanda", "allocation": "fisher"}
     {"kind": "nm", "n": 2, "m": 4, "criterion": "wanda"}
+    {"kind": "nm", "n": 2, "m": 4, "criterion": "wanda", "dense_layers": 3}
 
 Criteria: magnitude (magnitude.py), Wanda (wanda.py), SparseGPT (sparsegpt.py); patterns (patterns.py):
-unstructured at an exact target sparsity, or exactly N zeros in every group of M inputs. Wanda and SparseGPT see
-calibration activations layer by layer (calibration.py). The LM head and the embeddings stay dense.
+unstructured at an exact target sparsity, or exactly N zeros in every group of M inputs; non-uniform sparsity
+(`allocation`) and N:M with the most influential layers left dense (`dense_layers`) in allocation.py. Wanda and
+SparseGPT see calibration activations layer by layer (calibration.py). The LM head and the embeddings stay dense.
 
 The zeros make the model no faster on dense kernels; runtime.py says so, and converts 2:4 weights for sparse
 tensor cores where a CUDA device has them. See README.md beside this file for the papers.
