@@ -213,7 +213,7 @@ def main() -> int:
         overall = f"overall {details.get('pruned_weights', 0) / max(1, details.get('prunable_weights', 0)):.4f}"
         if details.get("layer_sparsity") and spec.get("allocation", "uniform") != "uniform":
             ls = details["layer_sparsity"]
-            matrices = [r for r in details["modules"].values()]
+            matrices = list(details["modules"].values())
             note += f"layers {min(ls):.2f}..{max(ls):.2f}, matrices {min(matrices):.2f}..{max(matrices):.2f}, {overall}"
         elif spec.get("dense_layers"):
             left = [i for i, r in enumerate(details["layer_sparsity"]) if r == 0.0]

@@ -93,8 +93,9 @@ def figures(shape, spec, workload, gpu, *, estimator: Callable | None = None, qu
     kind = get_kind(spec)
     new_shape, _ = kind.pruned_shape(shape, spec)
     sparse = kind.sparse_kernel(spec, gpu, workload.dtype)
-    if sparse and kind.sparse_share(spec, shape) < 1.0:  # N:M with layers left dense: that share on sparse kernels
-        sparse = kind.sparse_share(spec, shape)
+    share = kind.sparse_share(spec, shape) if sparse else 1.0
+    if share < 1.0:  # N:M with layers left dense: that share of the layers on sparse kernels
+        sparse = share
     serving = {}
     if quantize is not None:
         serving["weight_format"] = quantize.scheme

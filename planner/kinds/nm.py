@@ -16,13 +16,15 @@ class NmKind(Kind):
     description = "N zeros in every M weights (2:4 for sparse tensor cores)"
 
     def pruned_shape(self, shape, spec):
-        return shape, spec.n / spec.m * spec.share_sparse(shape.num_layers)
+        return shape, spec.n / spec.m * self.sparse_share(spec, shape)
 
     def sparse_kernel(self, spec, gpu, dtype) -> bool:
         return (spec.n, spec.m) == (2, 4) and dtype in gpu.sparse_2to4.dtypes
 
     def sparse_share(self, spec, shape) -> float:
-        return spec.share_sparse(shape.num_layers)
+        """Share of the decoder layers (all of equal size) that take the pattern."""
+        layers = shape.num_layers
+        return (layers - min(spec.dense_layers, layers)) / layers if layers else 1.0
 
     def projection_notes(self, spec, gpu, dtype, sparse):
         skipped = (f"; {spec.dense_layers} decoder layers (highest block influence) stay dense and run at the dense "
@@ -39,7 +41,7 @@ class NmKind(Kind):
         dense = weight_bytes if not sparse else dense_weight_bytes
         kept = (spec.m - spec.n) / spec.m
         index_bits = max(1, (spec.m - 1).bit_length())
-        pattern_bytes = linear_bytes * (spec.share_sparse(shape.num_layers) if shape is not None else 1.0)
+        pattern_bytes = linear_bytes * (self.sparse_share(spec, shape) if shape is not None else 1.0)
         size = dense - pattern_bytes + pattern_bytes * kept * (1 + index_bits / (8 * dtype_bytes))
         return size, [f"file size in a compressed {spec.n}:{spec.m} format (kept values + indices); a dense "
                       "safetensors file does not shrink"]

@@ -93,10 +93,6 @@ class SemiStructuredPruning(MaskedSpec):
                              "dense_layers 0")
         return f"{self.n}:{self.m}", self.n / self.m, self.n, self.m
 
-    def share_sparse(self, num_layers: int) -> float:
-        """Share of the decoder layers (all of equal size) that take the pattern."""
-        return (num_layers - min(self.dense_layers, num_layers)) / num_layers if num_layers else 1.0
-
 
 class MlpChannelPruning(_Spec):
     """Remove intermediate MLP channels (gate/up rows and down columns together): a smaller dense model."""

@@ -82,23 +82,21 @@ def block_influences(model, adapter, calib_ids, chunk: int) -> list[float]:
     after the other on captured hidden states, as in the pruning pass (no LM head: its logits are not needed)."""
     import torch
 
-    from planner.prune.masked.calibration import capture_first_inputs
+    from planner.prune.masked.calibration import capture_first_inputs, run_layer
 
     samples = max(1, math.ceil(calib_ids.shape[0] * SAMPLE_SHARE))
     layers = adapter.get_layers(model)
     inputs = capture_first_inputs(model, layers, calib_ids[:samples], chunk)
     influences = []
-    with torch.no_grad():
-        for layer in layers:
-            cos_sum, count = 0.0, 0
-            for i, hidden in enumerate(inputs.hidden):
-                out = layer(hidden, *inputs.extra_args[i], **inputs.extra_kwargs[i])
-                out = (out[0] if isinstance(out, tuple) else out).detach()
-                cos = torch.nn.functional.cosine_similarity(hidden.float(), out.float(), dim=-1)
-                cos_sum += float(cos.double().sum())
-                count += cos.numel()
-                inputs.hidden[i] = out
-            influences.append(1.0 - cos_sum / count)
+    for layer in layers:
+        entering = list(inputs.hidden)
+        run_layer(layer, inputs, replace=True)
+        cos_sum, count = 0.0, 0
+        for hidden, out in zip(entering, inputs.hidden):
+            cos = torch.nn.functional.cosine_similarity(hidden.float(), out.float(), dim=-1)
+            cos_sum += float(cos.double().sum())
+            count += cos.numel()
+        influences.append(1.0 - cos_sum / count)
     return influences
 
 
